@@ -30,6 +30,7 @@ std::string shape_str(const py::array& a) {
 // A float32 C-contiguous view of `obj` (copied only when needed). Integer, bool, complex and
 // object arrays are refused rather than silently cast.
 F32 as_f32(const py::handle& obj, const char* name) {
+  if (F32::check_(obj)) return py::reinterpret_borrow<F32>(obj);  // float32, C-contiguous: no copy
   if (!py::isinstance<py::array>(obj))
     throw py::value_error(std::string(name) + ": expected a numpy array, got " +
                           std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -107,8 +108,8 @@ std::unique_ptr<Head> make_head(int d_raw, const py::handle& select, const py::h
 
 py::tuple forward(const Head& h, const py::handle& params3d, const py::object& scores2d,
                   const py::object& features2d, const std::string& device, int threads) {
-  if (device != "cpu" && device != "cuda")
-    throw py::value_error("device: expected 'cpu' or 'cuda', got '" + device + "'");
+  const bool cuda = device == "cuda";
+  if (!cuda && device != "cpu") throw py::value_error("device: expected 'cpu' or 'cuda', got '" + device + "'");
   F32 p = matrix(params3d, "params3d", h.d_raw(), -1);
   const int64_t B = p.shape(0);
   F32 s, f;
@@ -144,7 +145,7 @@ py::tuple forward(const Head& h, const py::handle& params3d, const py::object& s
   float* o3 = out3d.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (device == "cuda")
+    if (cuda)
       h.forward_cuda(pp, sp, fp, B, pr, lo, va_ptr, o3);
     else
       h.forward_cpu(pp, sp, fp, B, pr, lo, va_ptr, o3, threads);
@@ -181,7 +182,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("num_classes"), py::arg("va_index"), py::arg("fusion_mode"), py::arg("fusion_map"),
            py::arg("w2d"), py::arg("w3d"), py::arg("bf16"))
       .def("forward", &forward, py::arg("params3d"), py::arg("scores2d") = py::none(),
-           py::arg("features2d") = py::none(), py::kw_only(), py::arg("device") = "cpu", py::arg("threads") = 0,
+           py::arg("features2d") = py::none(), py::arg("device") = "cpu", py::arg("threads") = 0,
            "Run the head. Returns (probs [B,C], logits [B,C], va [B,2] or None, out3d [B,O]).")
       .def_property_readonly("d_raw", &Head::d_raw)
       .def_property_readonly("k2d", &Head::k2d)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -85,9 +85,8 @@ class Layer:
         return int(self.weight.shape[0])
 
 
-@dataclass(frozen=True)
-class FusedOutput:
-    """What a fused head returns for a batch of B faces.
+class FusedOutput(NamedTuple):
+    """What a fused head returns for a batch of B faces (a named tuple: cheap on the hot path).
 
     probs: [B, C] fused class probabilities (softmax of ``logits``); logits: [B, C] fused raw
     scores; va: [B, 2] fused (valence, arousal) or None when the head has none; out3d: [B, O] the
@@ -261,9 +260,8 @@ class FusedHead:
         is the 3D branch alone); features2d: [B, F] (required for intermediate fusion).
         device: "cpu" or "cuda". threads: CPU threads (default: ``ig3d.kernels.get_num_threads()``).
         """
-        probs, logits, va, out3d = self._core.forward(params3d, scores2d, features2d, device=device,
-                                                      threads=0 if threads is None else int(threads))
-        return FusedOutput(probs, logits, va, out3d)
+        return FusedOutput(*self._core.forward(params3d, scores2d, features2d, device,
+                                               0 if threads is None else threads))
 
     # ------------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -272,12 +272,13 @@ void Head::forward_cpu(const float* params3d, const float* scores2d, const float
   int nt = threads > 0 ? threads : default_threads();
   // A fork/join costs a few microseconds: not worth it for small heads at small batches.
   if (B * macs_per_row_ < (int64_t{1} << 18)) nt = 1;
-  const int RG = 64;  // rows per task: a multiple of every MR
+  const int RG = std::max(1, 64 / isa_->mr) * isa_->mr;  // rows per task: whole register tiles
   const int nr = isa_->nr;
   const int32_t last_off = layers_.back().out_offset;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  // The body's `omp for` loops are orphaned: inside the parallel region they split the work, and
+  // called directly (one thread) they run serially without the cost of a fork/join.
+  auto body = [&]() {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < B; ++r) normalise_row(h, params3d + r * h.d_raw, sc + r * ld);
 
@@ -325,6 +326,12 @@ void Head::forward_cpu(const float* params3d, const float* scores2d, const float
       finish_row(h, o3, scores2d ? scores2d + r * h.k2d : nullptr, fu + r * O, logits + r * C, probs + r * C,
                  va ? va + r * 2 : nullptr);
     }
+  };
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    body();
+  } else {
+    body();
   }
 }
 

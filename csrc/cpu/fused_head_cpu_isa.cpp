@@ -5,23 +5,31 @@
 // Layout: W is packed at load time into panels of NR = 2 vectors of output columns, [in][NR] each, so
 // the inner loop streams one panel contiguously (batch 1 is a pure weight stream) while a tile of
 // MR batch rows is broadcast against it (register-blocked GEMM for larger batches).
+#include <algorithm>
 #include <cstring>
 
 #include "ig3d/cpu_kernels.h"
 
 #if defined(IG3D_ISA_AVX512)
 #define IG3D_VL 16
-#define IG3D_MR 8
+#ifndef IG3D_MR
+#define IG3D_MR 6
+#endif
+#ifndef IG3D_NV
+#define IG3D_NV 4
+#endif
 #define IG3D_ENTRY kernels_avx512
 #define IG3D_NAME "avx512"
 #elif defined(IG3D_ISA_AVX2)
 #define IG3D_VL 8
 #define IG3D_MR 4
+#define IG3D_NV 2
 #define IG3D_ENTRY kernels_avx2
 #define IG3D_NAME "avx2"
 #else
 #define IG3D_VL 4
 #define IG3D_MR 4
+#define IG3D_NV 2
 #define IG3D_ENTRY kernels_generic
 #if defined(__x86_64__) || defined(_M_X64)
 #define IG3D_NAME "sse2"
@@ -35,7 +43,8 @@ namespace cpu {
 namespace {
 
 constexpr int VL = IG3D_VL;
-constexpr int NR = 2 * VL;
+constexpr int NV = IG3D_NV;  // vectors of output columns per tile
+constexpr int NR = NV * VL;
 constexpr int MR = IG3D_MR;
 
 // aligned(4)/aligned(2): loads through these types are unaligned loads.
@@ -80,33 +89,31 @@ void pack(const float* w, int out, int in, void* dst, bool bf16) {
 }
 
 // R rows x NR columns; R <= MR is a compile-time constant so the accumulators stay in registers.
+// pf_begin/pf_end: a byte range of the NEXT panel to prefetch, one cache line per k step, so the
+// weights stream in from memory while this panel is reused from cache by the other row tiles.
 template <int R, bool BF16>
-void micro(const GemmArgs& a, int cb, int r0) {
+void micro(const GemmArgs& a, int cb, int r0, const char* pf_begin, const char* pf_end) {
   const LayerDesc& L = a.layer;
   const int in = L.in;
   const float* x = a.scratch + r0 * a.ld + L.in_offset;
-  vf acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vf{};
+  vf acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
 
-  if (BF16) {
-    const uint16_t* p = static_cast<const uint16_t*>(a.packed) + static_cast<int64_t>(cb) * in * NR;
-    for (int k = 0; k < in; ++k, p += NR) {
-      const vf w0 = load_h(p), w1 = load_h(p + VL);
-      for (int r = 0; r < R; ++r) {
-        const float xv = x[r * a.ld + k];
-        acc0[r] += xv * w0;
-        acc1[r] += xv * w1;
-      }
+  const int64_t base = static_cast<int64_t>(cb) * in * NR;
+  const float* pf = static_cast<const float*>(a.packed) + base;
+  const uint16_t* ph = static_cast<const uint16_t*>(a.packed) + base;
+  const char* pfp = pf_begin;
+  for (int k = 0; k < in; ++k) {
+    if (pfp < pf_end) {
+      __builtin_prefetch(pfp, 0, 2);
+      pfp += 64;
     }
-  } else {
-    const float* p = static_cast<const float*>(a.packed) + static_cast<int64_t>(cb) * in * NR;
-    for (int k = 0; k < in; ++k, p += NR) {
-      const vf w0 = load_f(p), w1 = load_f(p + VL);
-      for (int r = 0; r < R; ++r) {
-        const float xv = x[r * a.ld + k];
-        acc0[r] += xv * w0;
-        acc1[r] += xv * w1;
-      }
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = BF16 ? load_h(ph + k * NR + v * VL) : load_f(pf + k * NR + v * VL);
+    for (int r = 0; r < R; ++r) {
+      const float xv = x[r * a.ld + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += xv * w[v];
     }
   }
 
@@ -114,8 +121,7 @@ void micro(const GemmArgs& a, int cb, int r0) {
   const int nc = L.out - c0 < NR ? L.out - c0 : NR;
   for (int r = 0; r < R; ++r) {
     float tmp[NR];
-    std::memcpy(tmp, &acc0[r], sizeof(vf));
-    std::memcpy(tmp + VL, &acc1[r], sizeof(vf));
+    std::memcpy(tmp, &acc[r][0], sizeof(tmp));
     float* y = a.scratch + (r0 + r) * a.ld + L.out_offset + c0;
     const float* skip = L.skip_offset >= 0 ? a.scratch + (r0 + r) * a.ld + L.skip_offset + c0 : nullptr;
     const float* b = a.bias + c0;
@@ -123,21 +129,32 @@ void micro(const GemmArgs& a, int cb, int r0) {
   }
 }
 
+template <int R, bool BF16>
+void rows_tail(const GemmArgs& a, int cb, int r, int n, const char* pb, const char* pe) {
+  if constexpr (R > 0) {
+    if (n == R) return micro<R, BF16>(a, cb, r, pb, pe);
+    rows_tail<R - 1, BF16>(a, cb, r, n, pb, pe);
+  }
+}
+
 template <bool BF16>
 void tile(const GemmArgs& a, int cb, int row_begin, int row_end) {
+  const int tiles = (row_end - row_begin + MR - 1) / MR;
+  // With several row tiles the panel is reused from cache; spread a prefetch of the next panel
+  // over them. A single row tile is a pure stream the hardware prefetcher already follows.
+  const int nb = (a.layer.out + NR - 1) / NR;
+  const int64_t panel_bytes = static_cast<int64_t>(a.layer.in) * NR * (BF16 ? 2 : 4);
+  const char* next = static_cast<const char*>(a.packed) + (cb + 1) * panel_bytes;
+  const bool pf = tiles > 1 && cb + 1 < nb;
+  const int64_t share = pf ? (panel_bytes + tiles - 1) / tiles : 0;
   int r = row_begin;
-  for (; r + MR <= row_end; r += MR) micro<MR, BF16>(a, cb, r);
-  switch (row_end - r) {
-#if IG3D_MR > 7
-    case 7: micro<7, BF16>(a, cb, r); break;
-    case 6: micro<6, BF16>(a, cb, r); break;
-    case 5: micro<5, BF16>(a, cb, r); break;
-    case 4: micro<4, BF16>(a, cb, r); break;
-#endif
-    case 3: micro<3, BF16>(a, cb, r); break;
-    case 2: micro<2, BF16>(a, cb, r); break;
-    case 1: micro<1, BF16>(a, cb, r); break;
-    default: break;
+  for (int t = 0; r < row_end; ++t, r += MR) {
+    const char* pb = next + t * share;
+    const char* pe = pf ? next + std::min<int64_t>((t + 1) * share, panel_bytes) : pb;
+    if (r + MR <= row_end)
+      micro<MR, BF16>(a, cb, r, pb, pe);
+    else
+      rows_tail<MR - 1, BF16>(a, cb, r, row_end - r, pb, pe);
   }
 }
 
@@ -151,7 +168,7 @@ void gemm_tile(const GemmArgs& a, int cb, int row_begin, int row_end) {
 }  // namespace
 
 const IsaKernels& IG3D_ENTRY() {
-  static const IsaKernels k{IG3D_NAME, NR, &pack, &gemm_tile};
+  static const IsaKernels k{IG3D_NAME, NR, MR, &pack, &gemm_tile};
   return k;
 }
 

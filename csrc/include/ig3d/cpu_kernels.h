@@ -23,6 +23,7 @@ struct GemmArgs {
 struct IsaKernels {
   const char* name;     // "avx512", "avx2", "sse2" / "generic"
   int nr;               // panel width (output columns per block)
+  int mr;               // rows per register tile
   // Writes W [out, in] (row-major, float) as panels; dst holds ceil(out/nr)*nr*in elements.
   void (*pack)(const float* w, int out, int in, void* dst, bool bf16);
   // Rows [row_begin, row_end) of column block cb.
