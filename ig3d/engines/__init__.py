@@ -1,0 +1,114 @@
+"""Running the ONNX encoders: ONNX Runtime on the CPU or CUDA, or TensorRT engines (through ONNX
+Runtime's TensorRT execution provider). Capability discovery instead of guessing, and no silent
+fallback from a GPU to the CPU: asking for a device that is not there raises one clear error.
+
+onnxruntime is imported on first use, never at ``import ig3d``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["available_backends", "resolve", "OnnxModel", "cache_root"]
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cache_root() -> Path:
+    """Root of every cached artefact (engines, downloaded weights): ``$IG3D_HOME`` or ~/.cache/ig3d."""
+    return Path(os.environ.get("IG3D_HOME") or Path.home() / ".cache" / "ig3d")
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+        raise ImportError("ig3d needs onnxruntime to run its encoders: pip install onnxruntime "
+                          "(or onnxruntime-gpu for CUDA/TensorRT)") from e
+    return ort
+
+
+def available_backends() -> List[str]:
+    """What this machine can run, as "<backend>-<device>" strings, e.g. ["onnxruntime-cpu"]."""
+    providers = _ort().get_available_providers()
+    out = []
+    if "CPUExecutionProvider" in providers:
+        out.append("onnxruntime-cpu")
+    if "CUDAExecutionProvider" in providers:
+        out.append("onnxruntime-cuda")
+    if "TensorrtExecutionProvider" in providers:
+        out.append("tensorrt-cuda")
+    return out
+
+
+def resolve(backend: str = "auto", device: str = "auto") -> Tuple[str, str]:
+    """Pick (backend, device) from what was asked and what exists. "auto" prefers CUDA when ONNX
+    Runtime has it; an explicit request that cannot be met raises ``RuntimeError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    have = available_backends()
+    if backend == "tensorrt":
+        if device == "cpu":
+            raise ValueError("backend='tensorrt' runs on a GPU: use device='cuda' or 'auto'")
+        if "tensorrt-cuda" not in have:
+            raise RuntimeError("backend='tensorrt' needs onnxruntime-gpu built with TensorRT, the tensorrt "
+                               "package and a CUDA GPU (pip install onnxruntime-gpu tensorrt); available here: "
+                               f"{have}")
+        return "tensorrt", "cuda"
+    if device == "cuda" and "onnxruntime-cuda" not in have:
+        raise RuntimeError("device='cuda' was requested but ONNX Runtime has no CUDA execution provider here "
+                           f"(pip install onnxruntime-gpu, and a CUDA GPU); available: {have}")
+    if device == "auto":
+        device = "cuda" if "onnxruntime-cuda" in have else "cpu"
+    return "onnxruntime", device
+
+
+class OnnxModel:
+    """One ONNX file as an inference session with dynamic batch.
+
+    ``run(x)`` or ``run({"name": x, ...})`` returns the outputs as a dict name -> array.
+    """
+
+    def __init__(self, model: Union[str, os.PathLike, bytes], *, backend: str = "onnxruntime",
+                 device: str = "cpu", threads: Optional[int] = None, name: str = ""):
+        ort = _ort()
+        self.name = name or (os.path.basename(os.fspath(model)) if not isinstance(model, bytes) else "model")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's concern
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        if backend == "tensorrt":
+            cache = cache_root() / "engines" / f"ort-{ort.__version__}"
+            cache.mkdir(parents=True, exist_ok=True)
+            providers: Sequence = [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                                   "trt_engine_cache_path": str(cache)}),
+                                   "CUDAExecutionProvider"]
+        elif device == "cuda":
+            providers = ["CUDAExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        src = model if isinstance(model, bytes) else os.fspath(model)
+        try:
+            self.session = ort.InferenceSession(src, sess_options=opts, providers=list(providers))
+        except Exception as e:
+            raise ValueError(f"{self.name}: ONNX Runtime could not load the model: {e}") from e
+        self.backend, self.device = backend, device
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: Union[np.ndarray, Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        if not isinstance(inputs, dict):
+            inputs = {self.input_names[0]: inputs}
+        outs = self.session.run(self.output_names, inputs)
+        return dict(zip(self.output_names, outs))
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.name}, {self.backend}/{self.device})"

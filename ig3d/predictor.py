@@ -1,0 +1,93 @@
+"""``ig3d.Predictor``: a preset's pipeline behind two calls, ``predict`` and ``predict_batch``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, List, Optional, Sequence, Union
+
+from . import engines
+from .fusion import FusedHead
+from .io import load_image
+from .results import FaceResult
+
+__all__ = ["Predictor"]
+
+log = logging.getLogger("ig3d")
+
+
+class Predictor:
+    """Reads the faces in images.
+
+    Args:
+        preset: "default" (bundled, offline: MediaPipe face models + mini-Xception, fused by a
+            documented prior head). The Ig3D presets (EMOCA / SMIRK with DDAMFN / CAGE) need
+            user-supplied checkpoints and are not available in this version.
+        backend: "auto", "onnxruntime" or "tensorrt" (runs the encoders).
+        device: "auto" (CUDA when ONNX Runtime has it, else CPU), "cpu" or "cuda". An explicit
+            "cuda" without a GPU raises ``RuntimeError``; there is no silent fallback.
+        head: a trained :class:`FusedHead` (or the path of one saved with ``FusedHead.save``) to
+            replace the preset's 3D head.
+        threads: CPU threads for the encoders (default: ONNX Runtime's choice).
+
+    ``predict(img)`` returns a list of :class:`FaceResult`, largest face first (empty when there
+    is no face); ``predict_batch(images)`` returns one such list per image and runs every face of
+    every image through each network in one batched call.
+    """
+
+    def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,
+                 head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None):
+        from . import presets
+
+        if preset in presets.IG3D_PRESETS:
+            raise ValueError(f"preset {preset!r} (the Ig3D networks with official checkpoints) is not available "
+                             f"in this version of ig3d; available: {list(presets.PRESETS)}")
+        if preset not in presets.PRESETS:
+            raise ValueError(f"preset: expected one of {list(presets.PRESETS)}, got {preset!r}")
+        self._backend, self._device = engines.resolve(backend, device)
+        if head is not None and not isinstance(head, FusedHead):
+            head = FusedHead.load(head)
+        from . import kernels
+
+        head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
+        self._pipeline = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
+                                                 head=head, head_device=head_device)
+        self._preset = preset
+        log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
+                 self._device, head_device)
+
+    @property
+    def preset(self) -> str:
+        return self._preset
+
+    @property
+    def backend(self) -> str:
+        """The backend chosen for the encoders (read-only)."""
+        return self._backend
+
+    @property
+    def device(self) -> str:
+        """The device chosen for the encoders (read-only)."""
+        return self._device
+
+    @property
+    def labels(self) -> Sequence[str]:
+        return self._pipeline.labels
+
+    @property
+    def head(self) -> FusedHead:
+        return self._pipeline.head
+
+    def predict(self, image: Any, *, color: str = "rgb") -> List[FaceResult]:
+        """Faces in one image (path, bytes, PIL image or numpy array; ``color="bgr"`` for OpenCV
+        arrays), largest first."""
+        return self._pipeline.run([load_image(image, color=color)])[0]
+
+    def predict_batch(self, images: Sequence[Any], *, color: str = "rgb") -> List[List[FaceResult]]:
+        """Faces in each of several images, one list per image, all faces batched together."""
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+            raise ValueError("predict_batch: expected a sequence of images (use predict() for one image)")
+        return self._pipeline.run([load_image(im, color=color) for im in images])
+
+    def __repr__(self) -> str:
+        return f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r})"

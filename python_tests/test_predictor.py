@@ -1,0 +1,197 @@
+"""The default preset end to end on real photos: what a person sees in them (happy, surprise),
+face counts, the no-face case, batch = single, and every input form."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ig3d
+from ig3d.io import load_image
+
+HAPPY = ["astronaut.png", "0-f15-hao-ph.jpg", "single_face.jpg"]
+ALL = HAPPY + ["0-f1-su-ph.jpg", "multi_face.jpg", "free-mountain-vector-01.jpg"]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return ig3d.Predictor()
+
+
+@pytest.fixture(scope="module")
+def single_results(predictor, faces):
+    return {name: predictor.predict(faces / name) for name in ALL}
+
+
+@pytest.mark.parametrize("name", HAPPY)
+def test_happy_faces(single_results, name):
+    res = single_results[name]
+    assert len(res) == 1, res
+    face = res[0]
+    assert face.label == "happy", face
+    assert face.valence > 0
+    assert sum(face.scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert face.blendshapes["mouthSmileLeft"] > 0.5 and face.blendshapes["mouthSmileRight"] > 0.5
+
+
+def test_surprise_face_fusion_corrects_the_2d_branch(single_results):
+    (face,) = single_results["0-f1-su-ph.jpg"]
+    assert face.label == "surprise", face
+    assert face.arousal > 0
+    # each branch stays visible; the 3D prior reads the raised brows and dropped jaw
+    assert face.label_3d == "surprise"
+    assert face.blendshapes["jawOpen"] > 0.3 and face.blendshapes["browInnerUp"] > 0.3
+    # the 2D network alone confuses this face with fear (as fer's own pipeline does)
+    assert face.label_2d == "fear", face.scores_2d
+
+
+def test_five_faces_in_group_photo(single_results):
+    res = single_results["multi_face.jpg"]
+    assert len(res) == 5
+    areas = [f.area for f in res]
+    assert areas == sorted(areas, reverse=True)  # largest face first
+    boxes = np.stack([f.box for f in res])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    d = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(5) * 1e9
+    assert d.min() > 30  # five different people, not duplicates
+
+
+def test_no_face_is_an_empty_list(single_results):
+    assert single_results["free-mountain-vector-01.jpg"] == []
+
+
+def test_batch_equals_single(predictor, faces, single_results):
+    batch = predictor.predict_batch([faces / n for n in ALL])
+    assert [len(b) for b in batch] == [len(single_results[n]) for n in ALL]
+    for name, faces_b in zip(ALL, batch):
+        for fb, fs in zip(faces_b, single_results[name]):
+            assert fb.label == fs.label
+            np.testing.assert_allclose(fb.box, fs.box, atol=1e-3)
+            np.testing.assert_allclose(list(fb.scores.values()), list(fs.scores.values()), atol=1e-4)
+            np.testing.assert_allclose(fb.landmarks, fs.landmarks, atol=1e-2)
+
+
+def test_result_fields_and_json(single_results):
+    (face,) = single_results["astronaut.png"]
+    assert face.landmarks.shape == (478, 3)
+    assert len(face.blendshapes) == 52 and face.params3d.shape == (55,)
+    assert set(face.head_pose) == {"yaw", "pitch", "roll"}
+    from ig3d.prior import LABELS
+
+    assert list(face.scores) == list(LABELS) == list(face.scores_2d) == list(face.scores_3d)
+    assert -1 <= face.valence <= 1 and -1 <= face.arousal <= 1
+    d = json.loads(json.dumps(face.to_dict()))
+    assert d["label"] == "happy" and len(d["landmarks"]) == 478
+    x0, y0, x1, y1 = face.box
+    assert 140 < (x0 + x1) / 2 < 320 and 40 < (y0 + y1) / 2 < 200  # the astronaut's face, upper middle
+
+
+def test_input_forms_agree(predictor, faces):
+    rgb = load_image(faces / "astronaut.png")
+    ref = predictor.predict(rgb)[0]
+    bgr = predictor.predict(rgb[:, :, ::-1].copy(), color="bgr")[0]
+    assert bgr.label == ref.label
+    np.testing.assert_allclose(bgr.box, ref.box, atol=1e-3)
+    rgba = predictor.predict(np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2))[0]
+    np.testing.assert_allclose(rgba.box, ref.box, atol=1e-3)
+    pil = predictor.predict(Image.fromarray(rgb))[0]
+    np.testing.assert_allclose(pil.box, ref.box, atol=1e-3)
+    raw = predictor.predict((faces / "astronaut.png").read_bytes())[0]
+    np.testing.assert_allclose(raw.box, ref.box, atol=1e-3)
+    as_float = predictor.predict(rgb.astype(np.float32) / 255)[0]
+    np.testing.assert_allclose(as_float.box, ref.box, atol=1e-3)
+    gray = predictor.predict(np.asarray(Image.fromarray(rgb).convert("L")))
+    assert len(gray) == 1
+    # gray loses colour but not the smile
+    assert gray[0].blendshapes["mouthSmileLeft"] > 0.5
+
+
+def test_bad_input_errors(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predictor.predict(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match="empty image"):
+        predictor.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        predictor.predict(np.zeros((10, 10, 3), np.int16))
+    with pytest.raises(ValueError, match="sequence of images"):
+        predictor.predict_batch("a.jpg")
+
+
+def test_tiny_and_blank_images_have_no_faces(predictor):
+    assert predictor.predict(np.zeros((1, 1, 3), np.uint8)) == []
+    assert predictor.predict(np.full((300, 200, 3), 128, np.uint8)) == []
+    assert predictor.predict_batch([]) == []
+
+
+def test_whole_frame_face(predictor, faces):
+    """A face that fills the frame (a pre-cropped face): found once."""
+    rgb = load_image(faces / "0-f15-hao-ph.jpg")
+    face = predictor.predict(rgb)[0]
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    pad = int(0.15 * (x1 - x0))
+    crop = rgb[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+    big = np.asarray(Image.fromarray(crop).resize((900, 900), Image.BILINEAR))
+    res = predictor.predict(big)
+    assert len(res) == 1 and res[0].label == "happy"
+
+
+def test_predictor_settings():
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        ig3d.Predictor(preset="nope")
+    with pytest.raises(ValueError, match="not available in this version"):
+        ig3d.Predictor(preset="ig3d-smirk-ddamfn")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        ig3d.Predictor(backend="openvino")
+    if "onnxruntime-cuda" not in ig3d.available_backends():
+        with pytest.raises(RuntimeError, match="device='cuda' was requested"):
+            ig3d.Predictor(device="cuda")
+    if "tensorrt-cuda" not in ig3d.available_backends():
+        with pytest.raises(RuntimeError, match="backend='tensorrt' needs"):
+            ig3d.Predictor(backend="tensorrt")
+    p = ig3d.Predictor(device="cpu")
+    assert (p.backend, p.device) == ("onnxruntime", "cpu")
+
+
+def test_trained_head_replaces_the_prior(tmp_path, faces):
+    """A head saved with FusedHead.save plugs in without code changes."""
+    from ig3d import prior
+
+    head = prior.default_head()
+    flipped = ig3d.FusedHead([ig3d.Layer(l.weight, l.bias, l.activation, l.slope) for l in head.layers],
+                             input_dim=head.input_dim, std=head.std, num_classes=7, fusion="weighted",
+                             scores2d_dim=7, fusion_map=head.fusion_map, fusion_weights=(0.0, 1.0),
+                             labels=head.labels)
+    path = tmp_path / "head.npz"
+    flipped.save(path)
+    (face,) = ig3d.Predictor(head=path).predict(faces / "0-f1-su-ph.jpg")
+    # weights (0, 1): the fused result is the 3D head alone
+    np.testing.assert_allclose(list(face.scores.values()), list(face.scores_3d.values()), atol=1e-5)
+
+
+def test_cli_demo_and_overlay(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ig3d.cli", "predict", "--demo"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "happy" in out.stdout and "1 face" in out.stdout
+    png = tmp_path / "o.png"
+    from ig3d.presets import asset_path
+
+    out = subprocess.run([sys.executable, "-m", "ig3d.cli", "predict", asset_path("astronaut.png"), "--json",
+                          "--overlay", str(png)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["faces"][0]["label"] == "happy"
+    im = np.asarray(Image.open(png).convert("RGB"))
+    src = load_image(asset_path("astronaut.png"))
+    assert im.shape == src.shape and np.abs(im.astype(int) - src).sum() > 0  # something was drawn
+
+
+def test_cli_bad_path(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ig3d.cli", "predict", str(tmp_path / "nope.png")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 1 and "image not found" in out.stderr
