@@ -804,8 +804,15 @@ class _Converter:
         v = self.val(op.inputs[0], op)
         alpha = self.const_f32(op.inputs[1], "PRELU alpha", op)
         slope = self.broadcast_const(alpha, self.rank(op.inputs[0]), v.perm, op)
-        self.set_out(op, self.node("PRelu", [v.name, self.init(slope, "alpha")],
-                                   "prelu"), v.perm)
+        # PReLU(x) = (1 - a) * relu(x) + a * x, written out: ONNX Runtime's PRelu kernel is a
+        # slow generic broadcast and, not being layout-aware, forces NCHWc reorders around every
+        # convolution; Relu/Mul/Add run in the blocked layout (landmark model: 22 -> 10 ms/face
+        # on our 2-core CPU). Outputs agree with PRelu to float32 rounding.
+        one_minus = (1.0 - slope.astype(np.float64)).astype(np.float32)
+        r = self.node("Relu", [v.name], "prelu_relu")
+        pos = self.node("Mul", [r, self.init(one_minus, "prelu_1ma")], "prelu_pos")
+        lin = self.node("Mul", [v.name, self.init(slope, "alpha")], "prelu_lin")
+        self.set_out(op, self.node("Add", [pos, lin], "prelu"), v.perm)
 
     # -- convolutions and pooling (NCHW) --------------------------------------
     def _spatial_pads(self, op, in_hw, k_hw, s_hw, d_hw) -> List[int]:

@@ -358,9 +358,10 @@ def letterbox(image: np.ndarray, size: int,
     lb = Letterbox.fit(image.shape[:2], size)
     yi, yw = _bilinear_axis(size, image.shape[0], lb.scale, lb.pad_y)
     xi, xw = _bilinear_axis(size, image.shape[1], lb.scale, lb.pad_x)
-    img = image.astype(np.float32)
-    # Separable: rows first ([size, W, 3]), then columns ([size, size, 3]).
-    rows = img[yi[:, 0]] * yw[:, 0, None, None] + img[yi[:, 1]] * yw[:, 1, None, None]
+    # Separable: rows first ([size, W, 3]), then columns ([size, size, 3]). Gather the uint8
+    # rows before converting: only 2 x size rows of a large photo ever become float.
+    rows = (image[yi[:, 0]].astype(np.float32) * yw[:, 0, None, None]
+            + image[yi[:, 1]].astype(np.float32) * yw[:, 1, None, None])
     out = rows[:, xi[:, 0]] * xw[None, :, 0, None] + rows[:, xi[:, 1]] * xw[None, :, 1, None]
     lo, hi = value_range
     return (out * ((hi - lo) / 255.0) + lo).astype(np.float32), lb
