@@ -61,6 +61,11 @@ def _merge_detections(full: detect.FaceDetections, short: detect.FaceDetections)
                                  np.concatenate([full.keypoints, short.keypoints[new]]))
 
 
+def _letterbox_batch(images, size: int):
+    pairs = [lmk.letterbox_mediapipe(im, size) for im in images]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
 def _warp_per_image(images, owner: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
     """Crops [F, size, size, 3] for faces listed image by image (``owner`` is non-decreasing)."""
     return np.concatenate([lmk.warp_crops(images[i], M[owner == i], size)
@@ -93,13 +98,16 @@ class DefaultPipeline:
 
     # -----------------------------------------------------------------------------------------
     def detect(self, images: Sequence[np.ndarray]) -> List[detect.FaceDetections]:
-        xf, lbf = detect.letterbox_batch(images, detect.FULL_RANGE.input_size)
-        xs, lbs = detect.letterbox_batch(images, detect.SHORT_RANGE.input_size)
+        # Detector inputs made exactly as MediaPipe makes them (corner-aligned warp): the
+        # blendshapes are sensitive to sub-pixel shifts of the landmark ROI that follows.
+        xf, lbf = _letterbox_batch(images, detect.FULL_RANGE.input_size)
+        xs, lbs = _letterbox_batch(images, detect.SHORT_RANGE.input_size)
         of = self.det_full.run(xf)
         os_ = self.det_short.run(xs)
         full = detect.postprocess(of["raw_boxes"], of["raw_scores"], detect.FULL_RANGE, lbf, anchors=self._anchors_full)
+        # the short-range detector with the FaceLandmarker task's own thresholds (score 0.5, NMS 0.5)
         short = detect.postprocess(os_["raw_boxes"], os_["raw_scores"], detect.SHORT_RANGE, lbs,
-                                   anchors=self._anchors_short)
+                                   anchors=self._anchors_short, min_score=0.5, iou_thresh=0.5)
         return [_merge_detections(f, s) for f, s in zip(full, short)]
 
     def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:

@@ -85,6 +85,10 @@ class OnnxModel:
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's concern
         if threads:
             opts.intra_op_num_threads = int(threads)
+        # A pipeline runs several small sessions back to back: threads that keep spinning after
+        # one session's run steal the cores from the next (measured: 74 ms -> 22 ms for the
+        # default preset's five models on 2 cores with spinning off).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if backend == "tensorrt":
             cache = cache_root() / "engines" / f"ort-{ort.__version__}"
             cache.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,10 @@ rotation matrices about the camera axes):
 * yaw > 0: the subject turns to *their* left (nose moves to the observer's right, image +x).
 * pitch > 0: the subject looks up (nose moves up in the image).
 * roll > 0: the head tilts towards the subject's right shoulder, i.e. the face rotates
-  counter-clockwise as displayed (the eye line's observer-right end goes up). For upright
-  faces roll ~ -degrees(ROI angle) of :func:`ig3d.faces.landmarks.rois_from_detections`.
+  counter-clockwise as displayed (the eye line's observer-right end goes up). So roll has the
+  opposite sign of the ROI angle: roll ~ -degrees(``rois_from_landmarks(...).angle``) (within
+  ~0.1 degree on the test photos; the detector-based ROI angle agrees only roughly, its eye
+  keypoints are coarse).
 
 The fit uses MediaPipe's Procrustes landmark basis (33 landmarks with weights, symmetric about
 the face's midline, mostly rigid points around the eyes, nose and cheekbones, so expressions

