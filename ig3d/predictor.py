@@ -29,6 +29,10 @@ class Predictor:
         head: a trained :class:`FusedHead` (or the path of one saved with ``FusedHead.save``) to
             replace the preset's 3D head.
         threads: CPU threads for the encoders (default: ONNX Runtime's choice).
+        min_face_size: smallest face, in pixels, to look for (default 40). Images more than
+            about ten times that size are also scanned in overlapping tiles (one extra batched
+            detector run); ``None`` skips the tiles when faces are known to be large (VR, a
+            robot's close-up camera), which is faster.
 
     ``predict(img)`` returns a list of :class:`FaceResult`, largest face first (empty when there
     is no face); ``predict_batch(images)`` returns one such list per image and runs every face of
@@ -36,7 +40,8 @@ class Predictor:
     """
 
     def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,
-                 head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None):
+                 head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None,
+                 min_face_size: Optional[int] = 40):
         from . import presets
 
         if preset in presets.IG3D_PRESETS:
@@ -51,7 +56,8 @@ class Predictor:
 
         head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
         self._pipeline = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
-                                                 head=head, head_device=head_device)
+                                                 head=head, head_device=head_device,
+                                                 min_face_size=min_face_size)
         self._preset = preset
         log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
                  self._device, head_device)

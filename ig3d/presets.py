@@ -29,6 +29,10 @@ IG3D_PRESETS = ("ig3d-smirk-ddamfn", "ig3d-emoca-ddamfn", "ig3d-emoca-cage", "ig
 FER_SIZE = 64
 FER_CROP_SCALE = 1.1  # square side = 1.1 x the longer side of the landmarks' bounding box
 MERGE_IOU = 0.3
+#: Smallest face (pixels) the default preset looks for. Faces below ~20 px in the full-range
+#: detector's 192x192 input are missed, so larger images are also scanned in tiles.
+MIN_FACE_SIZE = 40
+TILE_FACE_PIXELS = 16
 
 
 def asset_path(name: str) -> str:
@@ -61,6 +65,22 @@ def _merge_detections(full: detect.FaceDetections, short: detect.FaceDetections)
                                  np.concatenate([full.keypoints, short.keypoints[new]]))
 
 
+def _tiles(h: int, w: int, side: Optional[int]) -> List[tuple]:
+    """Overlapping square tiles (x0, y0, x1, y1) covering an h x w image, or [] when the image is
+    small enough for faces of the wanted size to be found in the whole-image pass."""
+    if not side or max(h, w) <= side * 1.2:
+        return []
+    stride = side * 3 // 4  # 25 % overlap: a face at a tile border is whole in the next tile
+
+    def starts(n):
+        if n <= side:
+            return [0]
+        k = int(np.ceil((n - side) / stride)) + 1
+        return [int(round(v)) for v in np.linspace(0, n - side, k)]
+
+    return [(x, y, min(w, x + side), min(h, y + side)) for y in starts(h) for x in starts(w)]
+
+
 def _letterbox_batch(images, size: int):
     pairs = [lmk.letterbox_mediapipe(im, size) for im in images]
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
@@ -79,7 +99,8 @@ class DefaultPipeline:
     labels = prior.LABELS
 
     def __init__(self, *, backend: str, device: str, threads: Optional[int] = None,
-                 head: Optional[FusedHead] = None, head_device: str = "cpu"):
+                 head: Optional[FusedHead] = None, head_device: str = "cpu",
+                 min_face_size: Optional[int] = MIN_FACE_SIZE):
         def model(name):
             return OnnxModel(asset_path(name), backend=backend, device=device, threads=threads, name=name)
 
@@ -93,6 +114,11 @@ class DefaultPipeline:
             raise ValueError(f"head: the default preset needs a head with input_dim={len(prior.PARAMS3D_NAMES)} "
                              f"and num_classes={len(prior.LABELS)}, got {self.head!r}")
         self.head_device = head_device
+        if min_face_size is not None and min_face_size <= 0:
+            raise ValueError(f"min_face_size must be a positive number of pixels or None, got {min_face_size}")
+        # a face of min_face_size pixels must span TILE_FACE_PIXELS of the detector's input
+        self._tile_side = (None if min_face_size is None else
+                           int(min_face_size * detect.FULL_RANGE.input_size / TILE_FACE_PIXELS))
         self._anchors_full = detect.FULL_RANGE.anchors()
         self._anchors_short = detect.SHORT_RANGE.anchors()
 
@@ -100,11 +126,33 @@ class DefaultPipeline:
     def detect(self, images: Sequence[np.ndarray]) -> List[detect.FaceDetections]:
         # Detector inputs made exactly as MediaPipe makes them (corner-aligned warp): the
         # blendshapes are sensitive to sub-pixel shifts of the landmark ROI that follows.
-        xf, lbf = _letterbox_batch(images, detect.FULL_RANGE.input_size)
+        # The full-range model also sees overlapping tiles of large images, so that faces of
+        # min_face_size pixels are big enough in its 192x192 input; all in one batched run.
+        views, owners, offsets = [], [], []
+        for i, im in enumerate(images):
+            for x0, y0, x1, y1 in [(0, 0, im.shape[1], im.shape[0])] + _tiles(im.shape[0], im.shape[1],
+                                                                               self._tile_side):
+                views.append(im[y0:y1, x0:x1])
+                owners.append(i)
+                offsets.append((x0, y0))
+        xf, lbf = _letterbox_batch(views, detect.FULL_RANGE.input_size)
         xs, lbs = _letterbox_batch(images, detect.SHORT_RANGE.input_size)
         of = self.det_full.run(xf)
         os_ = self.det_short.run(xs)
-        full = detect.postprocess(of["raw_boxes"], of["raw_scores"], detect.FULL_RANGE, lbf, anchors=self._anchors_full)
+        per_view = detect.postprocess(of["raw_boxes"], of["raw_scores"], detect.FULL_RANGE, lbf,
+                                      anchors=self._anchors_full)
+        full = []
+        for i in range(len(images)):
+            idx = [k for k, o in enumerate(owners) if o == i]
+            if len(idx) == 1:
+                full.append(per_view[idx[0]])
+                continue
+            b = np.concatenate([per_view[k].boxes + np.tile(offsets[k], 2) for k in idx]).astype(np.float32)
+            kp = np.concatenate([per_view[k].keypoints + np.asarray(offsets[k], np.float32) for k in idx])
+            sc = np.concatenate([per_view[k].scores for k in idx])
+            # the same face seen in the whole image and in one or more tiles: blend them
+            fb, fs, fk, _ = detect.weighted_nms(b, sc, detect.FULL_RANGE.min_suppression_threshold, kp)
+            full.append(detect.FaceDetections(fb, fs, fk))
         # the short-range detector with the FaceLandmarker task's own thresholds (score 0.5, NMS 0.5)
         short = detect.postprocess(os_["raw_boxes"], os_["raw_scores"], detect.SHORT_RANGE, lbs,
                                    anchors=self._anchors_short, min_score=0.5, iou_thresh=0.5)

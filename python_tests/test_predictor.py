@@ -195,3 +195,26 @@ def test_cli_bad_path(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ig3d.cli", "predict", str(tmp_path / "nope.png")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 1 and "image not found" in out.stderr
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (1080, 1920)])
+def test_small_faces_of_40_pixels(predictor, faces, hw):
+    """Three copies of a real face scaled to 40 px wide, pasted into a larger frame."""
+    rgb = load_image(faces / "astronaut.png")
+    x0, y0, x1, y1 = (int(v) for v in predictor.predict(rgb)[0].box)
+    crop = rgb[max(0, y0 - 20):y1 + 20, max(0, x0 - 20):x1 + 20]
+    s = 40 / (x1 - x0)
+    small = np.asarray(Image.fromarray(crop).resize((round(crop.shape[1] * s), round(crop.shape[0] * s)),
+                                                    Image.BILINEAR))
+    H, W = hw
+    canvas = np.full((H, W, 3), 120, np.uint8)
+    spots = [(H // 2, W // 3), (H // 5, W - W // 4), (H - 80, 30)]
+    for y, x in spots:
+        canvas[y:y + small.shape[0], x:x + small.shape[1]] = small
+    res = predictor.predict(canvas)
+    assert len(res) == 3
+    for f in res:
+        assert 30 < f.box[2] - f.box[0] < 50
+    # without the tile scan these faces are too small for the detector's 192x192 input
+    if hw == (1080, 1920):
+        assert len(ig3d.Predictor(min_face_size=None).predict(canvas)) < 3
