@@ -51,6 +51,18 @@ def bench(fn: Callable[[], Any], *, min_time: float, repeats: int) -> float:
     return best
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (2**20 bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _bench_common import UNAVAILABLE, save_workloads  # noqa: E402
+from _bench_common import UNAVAILABLE, cpu_name, save_workloads  # noqa: E402
 
 #: Batch-1 photos, in print order; all but multi_face.jpg hold exactly one face.
 PHOTOS = ("astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jpg", "multi_face.jpg")
@@ -67,15 +67,6 @@ FACES_PER_CALL = 16
 FER_ONNX = REPO / "ig3d" / "assets" / "fer_mini_xception.onnx"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def find_photos() -> List[Path]:

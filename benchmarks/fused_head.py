@@ -17,43 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ig3d  # noqa: E402
+from _bench_common import bench, cpu_name  # noqa: E402
 from _heads import build, weight_bytes  # noqa: E402
 
 
-def bench(fn, *, min_time=0.2, repeats=7):
-    """Minimum over `repeats` of the mean time of an inner loop sized to ~min_time/repeats."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(min_time / repeats / one))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
-    return best
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -84,10 +60,10 @@ def main() -> None:
             ref = torch_fn(tp, ts)[0].numpy()
             assert np.allclose(head(p, s).probs, ref, atol=1e-4), "ig3d and torch disagree"
             assert np.allclose(numpy_fn(p, s), ref, atol=1e-4), "numpy and torch disagree"
-            t_torch = bench(lambda: torch_fn(tp, ts), min_time=min_time)
-            t_np = bench(lambda: numpy_fn(p, s), min_time=min_time)
-            t_ig = bench(lambda: head(p, s), min_time=min_time)
-            t_16 = bench(lambda: head16(p, s), min_time=min_time)
+            t_torch = bench(lambda: torch_fn(tp, ts), min_time=min_time, repeats=7)
+            t_np = bench(lambda: numpy_fn(p, s), min_time=min_time, repeats=7)
+            t_ig = bench(lambda: head(p, s), min_time=min_time, repeats=7)
+            t_16 = bench(lambda: head16(p, s), min_time=min_time, repeats=7)
             res[(kind, batch)] = dict(torch=t_torch, numpy=t_np, ig3d=t_ig, bf16=t_16)
             print(f"{kind:6} {batch:5d} {t_torch * 1e6:10.1f} {t_np * 1e6:10.1f} {t_ig * 1e6:10.1f} "
                   f"{t_16 * 1e6:12.1f} {t_torch / t_ig:8.1f}x {t_np / t_ig:8.1f}x")
@@ -95,7 +71,7 @@ def main() -> None:
             nbytes = weight_bytes(head)
             src = np.ones(nbytes // 4, np.float32)
             dst = np.empty_like(src)
-            t_copy = bench(lambda: np.copyto(dst, src), min_time=min_time)
+            t_copy = bench(lambda: np.copyto(dst, src), min_time=min_time, repeats=7)
             res["memcpy"] = t_copy
             print(f"memcpy of the Ig3D head's weight bytes ({nbytes / 1e6:.1f} MB): {t_copy * 1e6:.1f} us "
                   f"({nbytes / t_copy / 1e9:.1f} GB/s); ig3d b1 / memcpy = {res[('ig3d', 1)]['ig3d'] / t_copy:.2f}, "

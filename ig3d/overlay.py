@@ -58,7 +58,7 @@ def draw_overlay(image: np.ndarray, faces: Sequence[FaceResult]):
     img = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(img, "RGBA")
     H, W = img.height, img.width
-    scale = max(1.0, min(W, H) / 500.0)
+
     boxes = [tuple(float(v) for v in f.box) for f in faces]
     for face in faces:
         colour = _COLOURS.get(face.label, (255, 255, 255))
