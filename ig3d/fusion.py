@@ -99,6 +99,9 @@ class FusedOutput(NamedTuple):
     out3d: np.ndarray
 
 
+_new_output = tuple.__new__
+
+
 def fold_batchnorm(weight, bias, gamma, beta, running_mean, running_var, eps: float = 1e-5):
     """Fold an eval-mode BatchNorm1d that follows a Linear into the Linear: returns (weight, bias)."""
     weight = np.asarray(weight, np.float64)
@@ -260,8 +263,9 @@ class FusedHead:
         is the 3D branch alone); features2d: [B, F] (required for intermediate fusion).
         device: "cpu" or "cuda". threads: CPU threads (default: ``ig3d.kernels.get_num_threads()``).
         """
-        return FusedOutput(*self._core.forward(params3d, scores2d, features2d, device,
-                                               0 if threads is None else threads))
+        # tuple.__new__ skips NamedTuple's argument parsing: this call is on the hot path
+        return _new_output(FusedOutput, self._core.forward(params3d, scores2d, features2d, device,
+                                                           0 if threads is None else threads))
 
     # ------------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -311,9 +311,11 @@ void Head::forward_cpu(const float* params3d, const float* scores2d, const float
       a.ld = ld;
       const int64_t ncb = (Ld.out + nr - 1) / nr;
       const int64_t nrg = (B + RG - 1) / RG;
-      // Dynamic: on a busy machine (camera threads, other processes) a descheduled thread
-      // must not hold the others at the layer's barrier with its whole static share.
-#pragma omp for schedule(dynamic, 1)
+      // Dynamic in runs of 8 column blocks: on a busy machine (camera threads, other
+      // processes) a descheduled thread must not hold the others at the layer's barrier with a
+      // whole static share, while each run stays contiguous so the next-panel prefetch pays off
+      // (chunks of 1 lost 30 % at batch 64).
+#pragma omp for schedule(dynamic, 8)
       for (int64_t t = 0; t < ncb * nrg; ++t) {
         const int64_t cb = t / nrg, rg = t % nrg;
         const int64_t r0 = rg * RG, r1 = std::min<int64_t>(B, r0 + RG);
