@@ -4,6 +4,7 @@
     ig3d predict --demo             the photo bundled with ig3d
     ig3d predict PATH --json        JSON (one object per image)
     ig3d predict PATH --overlay OUT.png   also draw boxes, landmarks and scores
+    ig3d convert KIND CKPT -o DIR   upstream checkpoint -> ig3d weights (.npz) + ONNX
     ig3d info                       build and hardware facts
 """
 
@@ -76,6 +77,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    written = convert(args.kind, args.checkpoint, args.output, trust_checkpoint=args.trust_checkpoint,
+                      onnx=not args.no_onnx)
+    for role, path in written.items():
+        print(f"{role}: {path}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ig3d", description="ig3d: facial-expression inference (Ig3D)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,13 +102,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_predict)
 
+    from .convert import KINDS
+
+    p_conv = sub.add_parser("convert", help="convert an upstream checkpoint to ig3d weights + ONNX (needs torch)")
+    p_conv.add_argument("kind", choices=sorted(KINDS))
+    p_conv.add_argument("checkpoint", help="the upstream checkpoint file")
+    p_conv.add_argument("-o", "--output", required=True, help="output folder")
+    p_conv.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling Python objects (only for files you trust)")
+    p_conv.add_argument("--no-onnx", action="store_true", help="write the weights only")
+    p_conv.set_defaults(func=_cmd_convert)
+
     p_info = sub.add_parser("info", help="print build and hardware facts as JSON")
     p_info.set_defaults(func=_cmd_info)
 
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
         print(f"ig3d {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,77 @@
+"""Converters from upstream formats to ig3d's own: ONNX files and ``.npz`` weight files.
+
+- ``tflite`` / ``keras_h5``: MediaPipe's TFLite graphs and fer's Keras HDF5 model -> ONNX (the
+  bundled default assets; ``tools/build_default_assets.py``).
+- ``convert(kind, checkpoint, out_dir)``: an upstream PyTorch checkpoint (SMIRK, DDAMFN++, ...) ->
+  ``<out_dir>/<kind>.npz`` (the validated state dict as plain arrays, no pickle) and
+  ``<out_dir>/<kind>.onnx`` (dynamic batch). Needs torch (``pip install 'ig3d[torch]'``). The same
+  as ``ig3d convert KIND CHECKPOINT -o OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Dict, Tuple, Union
+
+__all__ = ["KINDS", "convert"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _smirk(path: PathLike, trust: bool):
+    from .smirk import build_smirk, export_smirk_onnx, load_smirk_checkpoint
+
+    return build_smirk(load_smirk_checkpoint(path, trust_checkpoint=trust)), export_smirk_onnx
+
+
+def _ddamfn(path: PathLike, trust: bool):
+    from .ddamfn import export_ddamfn_onnx, load_ddamfn_checkpoint
+
+    return load_ddamfn_checkpoint(path, trust_checkpoint=trust), export_ddamfn_onnx
+
+
+#: kind -> loader(path, trust_checkpoint) returning (torch model in eval mode, onnx exporter)
+KINDS: Dict[str, Callable[[PathLike, bool], Tuple[object, Callable]]] = {
+    "smirk": _smirk,
+    "ddamfn": _ddamfn,
+}
+
+
+def convert(kind: str, checkpoint: PathLike, out_dir: PathLike, *, trust_checkpoint: bool = False,
+            onnx: bool = True) -> Dict[str, Path]:
+    """Validate an upstream checkpoint strictly and write ig3d's weight file (and ONNX file).
+
+    Returns the written paths by role (``"weights"``, ``"onnx"``, ``"meta"``). Raises
+    ``ValueError`` for an unknown kind or a checkpoint that does not match the network (the error
+    names the key and the shapes), ``FileNotFoundError`` for a missing file, and
+    ``UnsafeCheckpointError`` for a pickled file without ``trust_checkpoint=True``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {sorted(KINDS)}, got {kind!r}")
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError("ig3d convert needs torch: pip install 'ig3d[torch]'") from e
+    import numpy as np
+
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    model, export = KINDS[kind](src, trust_checkpoint)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    written = {"weights": out / f"{kind}.npz"}
+    with open(written["weights"], "wb") as f:
+        np.savez(f, **arrays)
+    if onnx:
+        written["onnx"] = out / f"{kind}.onnx"
+        export(model, written["onnx"])
+    meta = {"kind": kind, "source": src.name, "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+            "tensors": len(arrays)}
+    written["meta"] = out / f"{kind}.json"
+    written["meta"].write_text(json.dumps(meta, indent=2) + "\n")
+    return written
