@@ -57,22 +57,8 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# ---------------------------------------------------------------------------------------------
-# Class orders, in ig3d's label vocabulary (ig3d.prior.LABELS); upstream spellings in comments.
-
-#: AffectNet-8 (Ig3D, DDAMFN, CAGE): Neutral, Happy, Sad, Surprise, Fear, Disgust, Anger, Contempt
-#: (SainingZhang/DDAMFN: DDAMFN++/affectnet8_test.py).
-AFFECTNET8_LABELS: Tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
-#: AffectNet-7: AffectNet-8 without contempt (SainingZhang/DDAMFN: DDAMFN++/affectnet7_test.py).
-AFFECTNET7_LABELS: Tuple[str, ...] = AFFECTNET8_LABELS[:7]
-#: RAF-DB native order (labels 1..7 -> 0..6): Surprise, Fear, Disgust, Happiness, Sadness, Anger,
-#: Neutral; what Ig3D's RAF-DB heads use (dongludeeplearning/Ig3D:
-#: models/classification/nofusion/RAFDB_Emoca_S_test.py).
-RAFDB_LABELS: Tuple[str, ...] = ("surprise", "fear", "disgust", "happy", "sad", "anger", "neutral")
-#: Order of the released DDAMFN++ RAF-DB checkpoint: Neutral, Happy, Sad, Surprise, Fear, Disgust,
-#: Angry (SainingZhang/DDAMFN: DDAMFN++/rafdb_train_sam_opt_ver2.0.py ``class_names``; confirmed by
-#: the per-row sample counts in DDAMFN++/checkpoints_ver2.0/rafdb_epoch20_acc0.9204_bacc0.8617.png).
-DDAMFN_RAFDB_LABELS: Tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger")
+# Class orders live in ig3d.labels (torch-free, so the presets can use them at run time).
+from ..labels import AFFECTNET7_LABELS, AFFECTNET8_LABELS, DDAMFN_RAFDB_LABELS, RAFDB_LABELS  # noqa: E402,F401
 
 #: native RAF-DB logits = DDAMFN++ RAF-DB logits[..., RAFDB_FROM_DDAMFN]
 RAFDB_FROM_DDAMFN: Tuple[int, ...] = (3, 4, 5, 1, 2, 6, 0)
