@@ -21,8 +21,13 @@ class Predictor:
 
     Args:
         preset: "default" (bundled, offline: MediaPipe face models + mini-Xception, fused by a
-            documented prior head). The Ig3D presets (EMOCA / SMIRK with DDAMFN / CAGE) need
-            user-supplied checkpoints and are not available in this version.
+            documented prior head), or an Ig3D preset: "ig3d-smirk-ddamfn", "ig3d-emoca-ddamfn",
+            "ig3d-emoca-cage", "ig3d-smirk-cage" (the paper's networks; their weights come from the
+            user, see ``weights`` and :mod:`ig3d.ig3d_presets`).
+        weights: for the Ig3D presets, part -> file: the encoders' ONNX files (or the folders
+            ``ig3d convert`` wrote) and "head" (a ``FusedHead`` file). Parts not given are looked
+            for under ``$IG3D_HOME/weights``; missing ones are listed in one error with where to
+            get each.
         backend: "auto", "onnxruntime" or "tensorrt" (runs the encoders).
         device: "auto" (CUDA when ONNX Runtime has it, else CPU), "cpu" or "cuda". An explicit
             "cuda" without a GPU raises ``RuntimeError``; there is no silent fallback.
@@ -41,23 +46,31 @@ class Predictor:
 
     def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,
                  head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None,
-                 min_face_size: Optional[int] = 40):
-        from . import presets
+                 min_face_size: Optional[int] = 40, weights: Optional[dict] = None):
+        from . import ig3d_presets, presets
 
-        if preset in presets.IG3D_PRESETS:
-            raise ValueError(f"preset {preset!r} (the Ig3D networks with official checkpoints) is not available "
-                             f"in this version of ig3d; available: {list(presets.PRESETS)}")
-        if preset not in presets.PRESETS:
-            raise ValueError(f"preset: expected one of {list(presets.PRESETS)}, got {preset!r}")
+        known = list(presets.PRESETS) + list(ig3d_presets.IG3D_PRESETS)
+        if preset not in known:
+            raise ValueError(f"preset: expected one of {known}, got {preset!r}")
+        if weights is not None and preset in presets.PRESETS:
+            raise ValueError("weights: the default preset is bundled; use head= to replace its 3D head")
         self._backend, self._device = engines.resolve(backend, device)
         if head is not None and not isinstance(head, FusedHead):
             head = FusedHead.load(head)
         from . import kernels
 
         head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
-        self._pipeline = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
-                                                 head=head, head_device=head_device,
-                                                 min_face_size=min_face_size)
+        faces = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
+                                        head=head if preset == "default" else None, head_device=head_device,
+                                        min_face_size=min_face_size)
+        if preset == "default":
+            self._pipeline = faces
+        else:
+            w = dict(weights or {})
+            if head is not None:
+                w["head"] = head
+            self._pipeline = ig3d_presets.Ig3DPipeline(preset, weights=w, backend=self._backend, device=self._device,
+                                                       threads=threads, head_device=head_device, faces_pipeline=faces)
         self._preset = preset
         log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
                  self._device, head_device)

@@ -23,8 +23,6 @@ from .results import FaceResult
 __all__ = ["PRESETS", "DefaultPipeline", "asset_path"]
 
 PRESETS = ("default",)
-#: Ig3D presets: implemented with the upstream networks, need user-supplied checkpoints.
-IG3D_PRESETS = ("ig3d-smirk-ddamfn", "ig3d-emoca-ddamfn", "ig3d-emoca-cage", "ig3d-smirk-cage")
 
 FER_SIZE = 64
 FER_CROP_SCALE = 1.1  # square side = 1.1 x the longer side of the landmarks' bounding box

@@ -143,8 +143,6 @@ def test_whole_frame_face(predictor, faces):
 def test_predictor_settings():
     with pytest.raises(ValueError, match="preset: expected one of"):
         ig3d.Predictor(preset="nope")
-    with pytest.raises(ValueError, match="not available in this version"):
-        ig3d.Predictor(preset="ig3d-smirk-ddamfn")
     with pytest.raises(ValueError, match="backend: expected one of"):
         ig3d.Predictor(backend="openvino")
     if "onnxruntime-cuda" not in ig3d.available_backends():

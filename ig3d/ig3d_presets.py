@@ -1,0 +1,175 @@
+"""The Ig3D presets: the paper's networks (EMOCA or SMIRK for the 3D face, DDAMFN++ or CAGE for the
+2D branch) with weights a user supplies, fused by a 3D head in the fused kernel.
+
+Each face goes: the default preset's detectors and landmarks -> one crop per encoder, each by its
+own upstream convention (:mod:`ig3d.faces.align`) -> the 3D encoder's ONNX file (FLAME parameters,
+the Ig3D vector) and the 2D encoder's ONNX file (logits and its 512-d feature) -> the head
+(:class:`ig3d.FusedHead`: late fusion with the 2D logits, or intermediate fusion with the 2D
+feature, as the head file says) -> :class:`ig3d.FaceResult` with the FLAME parameters.
+
+Weights: ``weights={"smirk": ..., "ddamfn": ..., "head": ...}`` maps each part to a file (an
+``.onnx`` file, or the folder ``ig3d convert`` wrote; the head: an ``.npz`` from
+``FusedHead.save``). A part not given is looked for in ``$IG3D_HOME/weights/<part>/`` (the head in
+``$IG3D_HOME/weights/<preset>/head.npz``). Every missing file is named in one error, each with where
+to obtain it and the ``ig3d convert`` command to run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .engines import OnnxModel
+from .faces import align
+from .fusion import FusedHead
+from .hub import HOW_TO_GET, weights_dir
+from .labels import AFFECTNET7_LABELS, AFFECTNET8_LABELS
+from .results import FaceResult
+
+__all__ = ["IG3D_PRESETS", "Ig3DPipeline"]
+
+#: preset -> (3D encoder, 2D encoder, width of the encoder's raw 3D vector)
+IG3D_PRESETS: Dict[str, tuple] = {
+    "ig3d-smirk-ddamfn": ("smirk", "ddamfn", 358),
+    "ig3d-emoca-ddamfn": ("emoca", "ddamfn", 334),
+    "ig3d-emoca-cage": ("emoca", "cage", 334),
+    "ig3d-smirk-cage": ("smirk", "cage", 358),
+}
+
+_CROP = {  # encoder -> (affine builder, input size, ImageNet normalisation)
+    "smirk": (align.smirk_affine, 224, False),
+    "emoca": (align.emoca_affine, 224, False),
+    "ddamfn": (align.ddamfn_affine, 112, True),
+    "cage": (align.cage_affine, 224, True),
+}
+_SCORES = {"ddamfn": "logits", "cage": "outputs"}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _resolve(preset: str, weights: Mapping[str, Union[str, os.PathLike, FusedHead]]) -> Dict[str, object]:
+    enc3d, enc2d, _ = IG3D_PRESETS[preset]
+    found: Dict[str, object] = {}
+    missing: List[str] = []
+    for part in (enc3d, enc2d, "head"):
+        given = weights.get(part)
+        if isinstance(given, FusedHead):
+            found[part] = given
+            continue
+        if given is None:
+            path = weights_dir() / (preset if part == "head" else part) / ("head.npz" if part == "head" else f"{part}.onnx")
+        else:
+            path = Path(given)
+            if path.is_dir():
+                path = path / ("head.npz" if part == "head" else f"{part}.onnx")
+        if path.is_file():
+            found[part] = path
+        else:
+            how = HOW_TO_GET["ig3d-head" if part == "head" else part]
+            missing.append(f"- {part}: {path} not found. {how}")
+    if missing:
+        raise FileNotFoundError(f"preset {preset!r} is missing {len(missing)} weight file(s):\n" + "\n".join(missing))
+    return found
+
+
+class Ig3DPipeline:
+    """One Ig3D preset. ``run(images)`` -> one list of :class:`FaceResult` per image."""
+
+    def __init__(self, preset: str, *, weights: Mapping[str, object], backend: str, device: str,
+                 threads: Optional[int] = None, head_device: str = "cpu", faces_pipeline=None):
+        if preset not in IG3D_PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(IG3D_PRESETS)}, got {preset!r}")
+        self.preset = preset
+        self.enc3d_name, self.enc2d_name, self.d_raw = IG3D_PRESETS[preset]
+        found = _resolve(preset, weights)
+
+        def model(part):
+            return OnnxModel(found[part], backend=backend, device=device, threads=threads, name=part)
+
+        self.enc3d = model(self.enc3d_name)
+        self.enc2d = model(self.enc2d_name)
+        head = found["head"]
+        self.head = head if isinstance(head, FusedHead) else FusedHead.load(head)
+        if self.head.input_dim != self.d_raw:
+            raise ValueError(f"head: {preset} feeds the head the {self.enc3d_name} vector of {self.d_raw} values, "
+                             f"but the head expects input_dim={self.head.input_dim}")
+        if "params_full" not in self.enc3d.output_names:
+            raise ValueError(f"{self.enc3d_name}: the ONNX file has no 'params_full' output "
+                             f"(outputs: {self.enc3d.output_names}); convert it with `ig3d convert {self.enc3d_name}`")
+        for out in (_SCORES[self.enc2d_name], "features"):
+            if out not in self.enc2d.output_names:
+                raise ValueError(f"{self.enc2d_name}: the ONNX file has no {out!r} output "
+                                 f"(outputs: {self.enc2d.output_names}); convert it with `ig3d convert {self.enc2d_name}`")
+        C = self.head.num_classes
+        self.labels = tuple(self.head.labels) if self.head.labels else (
+            AFFECTNET8_LABELS if C == 8 else AFFECTNET7_LABELS if C == 7 else tuple(f"class{i}" for i in range(C)))
+        self.head_device = head_device
+        if faces_pipeline is None:
+            from .presets import DefaultPipeline
+
+            faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads)
+        self.faces = faces_pipeline  # detectors and landmarks are the default preset's
+
+    def _crops(self, images: Sequence[np.ndarray], owner: np.ndarray, lm: np.ndarray, encoder: str) -> np.ndarray:
+        fn, size, imagenet = _CROP[encoder]
+        M = fn(lm, size)
+        if isinstance(M, tuple):  # ddamfn_affine also returns the template index
+            M = M[0]
+        return np.concatenate([align.crop(images[i], M[owner == i], size, imagenet=imagenet)
+                               for i in np.unique(owner)])
+
+    def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:
+        if not images:
+            return []
+        base = self.faces.run(images)  # boxes, landmarks, blendshapes, pose per face
+        flat = [(i, f) for i, faces in enumerate(base) for f in faces]
+        results: List[List[FaceResult]] = [[] for _ in images]
+        if not flat:
+            return results
+        owner = np.array([i for i, _ in flat])
+        order = np.argsort(owner, kind="stable")  # crops are built image by image
+        flat = [flat[k] for k in order]
+        owner = owner[order]
+        lm = np.stack([f.landmarks for _, f in flat])
+
+        out3d = self.enc3d.run(self._crops(images, owner, lm, self.enc3d_name))
+        out2d = self.enc2d.run(self._crops(images, owner, lm, self.enc2d_name))
+        params = out3d["params_full"].astype(np.float32)
+        scores2d_raw = out2d[_SCORES[self.enc2d_name]].astype(np.float32)
+        feats = out2d["features"].astype(np.float32)
+        h = self.head
+        fused = h(params, scores2d_raw[:, :h.scores2d_dim] if h.scores2d_dim else None,
+                  feats if h.features2d_dim else None, device=self.head_device)
+        C = h.num_classes
+        logits_3d = fused.out3d[:, :C]
+        # the 2D branch's class scores in the head's label order (the head's fusion_map says where
+        # each 2D score goes, e.g. DDAMFN++'s RAF-DB order onto the native one)
+        k2d = np.arange(min(C, scores2d_raw.shape[1])) if not h.scores2d_dim else np.arange(h.scores2d_dim)
+        dest = k2d if not h.scores2d_dim else h.fusion_map
+        keep = dest < C
+        logits_2d = np.full((len(flat), C), -np.inf, np.float32)
+        logits_2d[:, dest[keep]] = scores2d_raw[:, k2d[keep]]
+        p2d, p3d = _softmax(logits_2d), _softmax(logits_3d)
+        pieces = [n for n in self.enc3d.output_names if n not in ("params_full", "params_short")]
+        for f, (i, base_face) in enumerate(flat):
+            va = fused.va[f] if fused.va is not None else (np.nan, np.nan)
+            results[i].append(FaceResult(
+                box=base_face.box, score=base_face.score, landmarks=base_face.landmarks,
+                blendshapes=base_face.blendshapes, head_pose=base_face.head_pose, params3d=params[f],
+                label=self.labels[int(np.argmax(fused.probs[f]))],
+                scores=dict(zip(self.labels, map(float, fused.probs[f]))),
+                valence=float(va[0]), arousal=float(va[1]),
+                label_2d=self.labels[int(np.argmax(p2d[f]))], scores_2d=dict(zip(self.labels, map(float, p2d[f]))),
+                label_3d=self.labels[int(np.argmax(p3d[f]))], scores_3d=dict(zip(self.labels, map(float, p3d[f]))),
+                logits_2d=logits_2d[f], logits_3d=logits_3d[f].copy(),
+                flame={n: out3d[n][f] for n in pieces},
+            ))
+        for r in results:
+            r.sort(key=lambda fr: -fr.area)
+        return results
