@@ -1,0 +1,145 @@
+"""The Ig3D encoders: PyTorch eager (as the research code runs them) vs ig3d's ONNX Runtime path.
+
+For each encoder (randomly initialised, same weights on both sides; the timing does not depend on
+the values) at batch 1 and 32: torch eager in ``inference_mode`` and the ONNX file ig3d exports,
+run by ONNX Runtime with ig3d's session settings. Also images/s against a practical limit: the
+network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
+matmuls are not counted, so for CAGE the limit is optimistic) over the sgemm rate measured on the
+same machine in the same run (a 2048x2048 float32 matmul in torch). Times: minimum over repeats of
+the mean of an inner loop (``--min-time``). Ends with one JSON line mapping
+``<encoder>_b1_speedup_vs_torch`` / ``<encoder>_b32_speedup_vs_torch`` to torch time / ONNX Runtime
+time.
+
+Run: python benchmarks/encoders.py [--encoders smirk,ddamfn,emoca,cage] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _bench_common import bench, cpu_name  # noqa: E402
+
+
+def _encoders():
+    """name -> (build torch model, input shape [C, H, W], export(model, path))."""
+    out = {}
+    try:
+        from ig3d.convert.smirk import export_smirk_onnx
+        from ig3d.models.smirk import SmirkEncoder
+
+        out["smirk"] = (SmirkEncoder, (3, 224, 224), export_smirk_onnx)
+    except ImportError:
+        pass
+    try:
+        from ig3d.convert.ddamfn import export_ddamfn_onnx
+        from ig3d.models.ddamfn import DDAMNet
+
+        out["ddamfn"] = (lambda: DDAMNet(num_classes=8), (3, 112, 112), export_ddamfn_onnx)
+    except ImportError:
+        pass
+    try:
+        from ig3d.convert.emoca import export_emoca_onnx
+        from ig3d.models.emoca import EmocaEncoders
+
+        out["emoca"] = (EmocaEncoders, (3, 224, 224), export_emoca_onnx)
+    except ImportError:
+        pass
+    try:
+        from ig3d.convert.cage import export_cage_onnx
+        from ig3d.models.cage import CageNet
+
+        out["cage"] = (CageNet, (3, 224, 224), export_cage_onnx)
+    except ImportError:
+        pass
+    return out
+
+
+def count_flops(model, x) -> float:
+    """2 x multiply-adds of every Conv2d and Linear in one forward pass of ``x`` (batch 1)."""
+    import torch
+
+    total = [0]
+
+    def conv_hook(m, inp, out):
+        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+        total[0] += 2 * out.numel() * k
+
+    def lin_hook(m, inp, out):
+        total[0] += 2 * out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(lin_hook))
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return float(total[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoders", default="smirk,ddamfn,emoca,cage")
+    ap.add_argument("--quick", action="store_true", help="shorter runs (noisier)")
+    ap.add_argument("--min-time", type=float, default=None)
+    args = ap.parse_args()
+    import torch
+
+    from ig3d.engines import OnnxModel
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    min_time = args.min_time or (0.5 if args.quick else 2.0)
+    a = torch.randn(2048, 2048)
+    t_mm = bench(lambda: torch.mm(a, a), min_time=min_time, repeats=3)
+    sgemm = 2 * 2048 ** 3 / t_mm
+    print(f"# machine: {cpu_name()}, {threads} threads; torch {torch.__version__}; "
+          f"sgemm {sgemm / 1e9:.0f} GFLOP/s (2048^3, torch)")
+    print(f"{'encoder':8} {'batch':>5} {'GFLOP/img':>9} {'torch img/s':>11} {'ORT img/s':>10} {'limit img/s':>11} "
+          f"{'ORT/limit':>9} {'speedup':>8}")
+    available = _encoders()
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.encoders.split(","):
+            if name not in available:
+                print(f"{name:8} (not available in this ig3d)")
+                continue
+            build, shape, export = available[name]
+            torch.manual_seed(0)
+            model = build().eval()
+            flops = count_flops(model, torch.randn(1, *shape))
+            path = os.path.join(tmp, f"{name}.onnx")
+            export(model, path)
+            ort_model = OnnxModel(path, name=name)
+            for batch in (1, 32):
+                x = torch.randn(batch, *shape)
+                xn = x.numpy()
+                repeats = 3 if batch == 1 else 2
+
+                def run_torch():
+                    with torch.inference_mode():
+                        model(x)
+
+                t_torch = bench(run_torch, min_time=min_time, repeats=repeats)
+                t_ort = bench(lambda: ort_model.run(xn), min_time=min_time, repeats=repeats)
+                limit = sgemm / flops
+                print(f"{name:8} {batch:5d} {flops / 1e9:9.2f} {batch / t_torch:11.1f} {batch / t_ort:10.1f} "
+                      f"{limit:11.1f} {batch / t_ort / limit:8.0%} {t_torch / t_ort:7.2f}x")
+                result[f"{name}_b{batch}_speedup_vs_torch"] = round(t_torch / t_ort, 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
