@@ -78,10 +78,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .convert import convert, convert_head
 
-    written = convert(args.kind, args.checkpoint, args.output, trust_checkpoint=args.trust_checkpoint,
-                      onnx=not args.no_onnx)
+    if args.kind == "ig3d-head":
+        if not (args.task and args.encoder):
+            raise ValueError("ig3d convert ig3d-head needs --task and --encoder")
+        written = convert_head(args.checkpoint, args.output, task=args.task, encoder=args.encoder,
+                               fusion=args.fusion, scores2d_order=args.scores2d_order,
+                               trust_checkpoint=args.trust_checkpoint)
+    else:
+        written = convert(args.kind, args.checkpoint, args.output, trust_checkpoint=args.trust_checkpoint,
+                          onnx=not args.no_onnx)
     for role, path in written.items():
         print(f"{role}: {path}")
     return 0
@@ -105,12 +112,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .convert import KINDS
 
     p_conv = sub.add_parser("convert", help="convert an upstream checkpoint to ig3d weights + ONNX (needs torch)")
-    p_conv.add_argument("kind", choices=sorted(KINDS))
+    p_conv.add_argument("kind", choices=sorted(KINDS) + ["ig3d-head"])
     p_conv.add_argument("checkpoint", help="the upstream checkpoint file")
     p_conv.add_argument("-o", "--output", required=True, help="output folder")
     p_conv.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling Python objects (only for files you trust)")
     p_conv.add_argument("--no-onnx", action="store_true", help="write the weights only")
+    p_conv.add_argument("--task", choices=["affectnet8", "rafdb", "affectnet_va"], help="ig3d-head: the head's task")
+    p_conv.add_argument("--encoder", choices=["emoca", "smirk"], help="ig3d-head: the 3D encoder it reads")
+    p_conv.add_argument("--fusion", default="weighted", choices=["weighted", "max", "mean", "min"],
+                        help="ig3d-head: late fusion mode for a 3D-only head (Ig3D's weights)")
+    p_conv.add_argument("--scores2d-order", choices=["native", "ddamfn++"],
+                        help="ig3d-head, rafdb: class order of the 2D network's scores")
     p_conv.set_defaults(func=_cmd_convert)
 
     p_info = sub.add_parser("info", help="print build and hardware facts as JSON")

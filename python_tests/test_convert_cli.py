@@ -56,3 +56,26 @@ def test_convert_cli_errors(tmp_path):
     assert r.returncode == 1 and "trust_checkpoint" in r.stderr
     r = run("nosuchkind", str(mod), "-o", str(tmp_path / "o"))
     assert r.returncode != 0
+
+
+def test_convert_ig3d_head_to_a_preset_head(tmp_path):
+    from ig3d import FusedHead
+    from ig3d.models.ig3d_heads import MLP4
+
+    torch.manual_seed(0)
+    mlp = MLP4(358).eval()
+    ckpt = tmp_path / "head.pt"
+    torch.save(mlp.state_dict(), ckpt)
+    r = subprocess.run([sys.executable, "-m", "ig3d.cli", "convert", "ig3d-head", str(ckpt), "-o", str(tmp_path / "o"),
+                        "--task", "affectnet8", "--encoder", "smirk"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    head = FusedHead.load(tmp_path / "o" / "head.npz")
+    assert (head.input_dim, head.num_classes, head.va_index, head.fusion) == (358, 8, 8, "weighted")
+    np.testing.assert_allclose(head.w2d, 0.77) and np.testing.assert_allclose(head.w3d, 0.23)
+    x = torch.randn(3, 358)
+    with torch.no_grad():
+        ref = mlp(x).numpy()
+    np.testing.assert_allclose(head(x.numpy()).out3d, ref, rtol=1e-4, atol=1e-4)
+    r = subprocess.run([sys.executable, "-m", "ig3d.cli", "convert", "ig3d-head", str(ckpt), "-o", str(tmp_path / "o"),
+                        "--task", "affectnet8", "--encoder", "emoca"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "does not fit emoca" in r.stderr

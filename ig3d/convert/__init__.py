@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
-__all__ = ["KINDS", "convert"]
+__all__ = ["KINDS", "convert", "convert_head"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,6 +38,43 @@ KINDS: Dict[str, Callable[[PathLike, bool], Tuple[object, Callable]]] = {
     "smirk": _smirk,
     "ddamfn": _ddamfn,
 }
+
+
+def convert_head(checkpoint: PathLike, out_dir: PathLike, *, task: str, encoder: str, fusion: str = "weighted",
+                 scores2d_order: Optional[str] = None, trust_checkpoint: bool = False) -> Dict[str, Path]:
+    """An Ig3D head state dict -> ``<out_dir>/head.npz`` (a :class:`ig3d.FusedHead` for the presets).
+
+    task: "affectnet8", "rafdb" or "affectnet_va"; encoder: "emoca" or "smirk" (the head's input
+    width then says which feature set it was trained on). A 3D-only head (MLP4, residual) becomes a
+    late-fusion head with Ig3D's weights for (task, encoder) (``fusion``: weighted, max, mean, min);
+    an intermediate-fusion head (DDAMFN or CAGE fusion) keeps its own fusion.
+    """
+    from .ig3d_heads import (CageFusionHead, DDAMFNFusionHead, late_fusion_head, load_head_checkpoint,
+                             to_fused_head)
+
+    src = Path(checkpoint)
+    if not src.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    if encoder not in ("emoca", "smirk"):
+        raise ValueError(f"encoder: expected 'emoca' or 'smirk', got {encoder!r}")
+    module = load_head_checkpoint(src, trust_checkpoint=trust_checkpoint)
+    width = module.Wash_Linear1.in_features if isinstance(module, DDAMFNFusionHead) else (
+        module.additional_feature_transform.in_features if isinstance(module, CageFusionHead) else module.in_dim)
+    sets = {("emoca", 156): "emoca_short", ("emoca", 334): "emoca_full", ("smirk", 353): "smirk_short",
+            ("smirk", 358): "smirk_full"}
+    if (encoder, width) not in sets:
+        raise ValueError(f"{src}: a head of input width {width} does not fit {encoder} "
+                         f"(expected {[w for e, w in sets if e == encoder]})")
+    name = f"{encoder}-{task}-{type(module).__name__}"
+    if isinstance(module, (DDAMFNFusionHead, CageFusionHead)):
+        head = to_fused_head(module, feature_set=sets[(encoder, width)], dataset=task, name=name)
+    else:
+        head = late_fusion_head(module, task, encoder, mode=fusion, scores2d_order=scores2d_order, name=name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "head.npz"
+    head.save(path)
+    return {"head": path}
 
 
 def convert(kind: str, checkpoint: PathLike, out_dir: PathLike, *, trust_checkpoint: bool = False,
