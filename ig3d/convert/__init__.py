@@ -33,10 +33,26 @@ def _ddamfn(path: PathLike, trust: bool):
     return load_ddamfn_checkpoint(path, trust_checkpoint=trust), export_ddamfn_onnx
 
 
-#: kind -> loader(path, trust_checkpoint) returning (torch model in eval mode, onnx exporter)
+def _emoca(path: PathLike, trust: bool):
+    from .emoca import build_emoca, export_emoca_onnx, load_emoca_checkpoint
+
+    return build_emoca(load_emoca_checkpoint(path, trust_checkpoint=trust)).eval(), export_emoca_onnx
+
+
+def _cage(path: PathLike, trust: bool):
+    from .cage import export_cage_onnx, load_cage_checkpoint
+
+    return load_cage_checkpoint(path, trust_checkpoint=trust), export_cage_onnx
+
+
+#: kind -> loader(path, trust_checkpoint) returning (torch model in eval mode, onnx exporter).
+#: "emoca" reads EMOCA's Lightning .ckpt, "deca" DECA's deca_model.tar (same encoders, no E_expression).
 KINDS: Dict[str, Callable[[PathLike, bool], Tuple[object, Callable]]] = {
     "smirk": _smirk,
     "ddamfn": _ddamfn,
+    "emoca": _emoca,
+    "deca": _emoca,
+    "cage": _cage,
 }
 
 
