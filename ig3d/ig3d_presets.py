@@ -124,6 +124,15 @@ class Ig3DPipeline:
         return np.concatenate([align.crop(images[i], M[owner == i], size, imagenet=imagenet)
                                for i in np.unique(owner)])
 
+    def _fed_scores(self, raw: np.ndarray) -> np.ndarray:
+        """The 2D scores the head late-fuses: all of them, or CAGE's logits / VA part."""
+        k, width = self.head.scores2d_dim, raw.shape[1]
+        if k == width:
+            return raw
+        if self.enc2d_name == "cage" and width == 10 and k in (2, 8):
+            return raw[:, 8:10] if k == 2 else raw[:, :8]
+        raise ValueError(f"head: it late-fuses {k} 2D scores, but {self.enc2d_name} gives {width}")
+
     def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:
         if not images:
             return []
@@ -144,18 +153,23 @@ class Ig3DPipeline:
         scores2d_raw = out2d[_SCORES[self.enc2d_name]].astype(np.float32)
         feats = out2d["features"].astype(np.float32)
         h = self.head
-        fused = h(params, scores2d_raw[:, :h.scores2d_dim] if h.scores2d_dim else None,
+        # the 2D network's class logits (CAGE's combined model: 8 logits, then V, A)
+        width = scores2d_raw.shape[1]
+        cls2d = scores2d_raw[:, :8] if self.enc2d_name == "cage" and width == 10 else (
+            scores2d_raw if self.enc2d_name == "ddamfn" else None)
+        fused = h(params, self._fed_scores(scores2d_raw) if h.scores2d_dim else None,
                   feats if h.features2d_dim else None, device=self.head_device)
         C = h.num_classes
         logits_3d = fused.out3d[:, :C]
-        # the 2D branch's class scores in the head's label order (the head's fusion_map says where
-        # each 2D score goes, e.g. DDAMFN++'s RAF-DB order onto the native one)
-        k2d = np.arange(min(C, scores2d_raw.shape[1])) if not h.scores2d_dim else np.arange(h.scores2d_dim)
-        dest = k2d if not h.scores2d_dim else h.fusion_map
-        keep = dest < C
-        logits_2d = np.full((len(flat), C), -np.inf, np.float32)
-        logits_2d[:, dest[keep]] = scores2d_raw[:, k2d[keep]]
-        p2d, p3d = _softmax(logits_2d), _softmax(logits_3d)
+        # the 2D branch alone, in the head's label order: through the head's fusion_map when the head
+        # fuses these very scores (e.g. DDAMFN++'s RAF-DB order onto the native one), else as is
+        logits_2d = np.full((len(flat), C), np.nan, np.float32)
+        if cls2d is not None:
+            k = cls2d.shape[1]
+            fm = h.fusion_map if h.scores2d_dim == k and np.all(h.fusion_map < C) else np.arange(min(k, C))
+            logits_2d[:] = -np.inf
+            logits_2d[:, fm] = cls2d[:, :len(fm)]
+        p2d, p3d = (_softmax(logits_2d) if cls2d is not None else logits_2d), _softmax(logits_3d)
         pieces = [n for n in self.enc3d.output_names if n not in ("params_full", "params_short")]
         for f, (i, base_face) in enumerate(flat):
             va = fused.va[f] if fused.va is not None else (np.nan, np.nan)
@@ -165,7 +179,8 @@ class Ig3DPipeline:
                 label=self.labels[int(np.argmax(fused.probs[f]))],
                 scores=dict(zip(self.labels, map(float, fused.probs[f]))),
                 valence=float(va[0]), arousal=float(va[1]),
-                label_2d=self.labels[int(np.argmax(p2d[f]))], scores_2d=dict(zip(self.labels, map(float, p2d[f]))),
+                label_2d=self.labels[int(np.argmax(p2d[f]))] if cls2d is not None else "",
+                scores_2d=dict(zip(self.labels, map(float, p2d[f]))) if cls2d is not None else {},
                 label_3d=self.labels[int(np.argmax(p3d[f]))], scores_3d=dict(zip(self.labels, map(float, p3d[f]))),
                 logits_2d=logits_2d[f], logits_3d=logits_3d[f].copy(),
                 flame={n: out3d[n][f] for n in pieces},

@@ -119,3 +119,76 @@ def test_head_that_does_not_fit_the_encoder(weights):
     with pytest.raises(ValueError, match="expects input_dim=55"):
         ig3d.Predictor("ig3d-smirk-ddamfn", weights={"smirk": weights, "ddamfn": weights},
                        head=__import__("ig3d.prior", fromlist=["default_head"]).default_head())
+
+
+@pytest.fixture(scope="module")
+def emoca_weights(weights):
+    """EMOCA's three ResNet-50 encoders, random, exported once (about 300 MB of ONNX)."""
+    from ig3d.convert.emoca import export_emoca_onnx
+    from ig3d.models.emoca import EmocaEncoders
+
+    torch.manual_seed(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = EmocaEncoders()
+        _calibrate_bn(model, torch.rand(2, 3, 224, 224))
+        export_emoca_onnx(model, weights / "emoca.onnx")
+    finally:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    from ig3d.models.ig3d_heads import MLP4
+    from ig3d.convert.ig3d_heads import late_fusion_head
+
+    mlp = MLP4(156).eval()
+    late_fusion_head(mlp, "affectnet8", "emoca").save(weights / "emoca_head.npz")
+    return weights, rng
+
+
+def test_emoca_ddamfn_preset_end_to_end(emoca_weights, faces):
+    d, _ = emoca_weights
+    p = ig3d.Predictor("ig3d-emoca-ddamfn", weights={"emoca": d, "ddamfn": d, "head": d / "emoca_head.npz"})
+    res = p.predict_batch([faces / "astronaut.png", faces / "0-f1-su-ph.jpg"])
+    assert [len(r) for r in res] == [1, 1]
+    face = res[0][0]
+    assert face.params3d.shape == (334,)
+    assert {"shape", "tex", "exp", "pose", "cam", "light", "detail"} <= set(face.flame)
+    assert face.flame["detail"].shape == (128,) and face.flame["exp"].shape == (50,)
+    # AffectNet-8 / EMOCA late fusion: 0.80 * DDAMFN + 0.20 * 3D on raw logits
+    z = 0.8 * face.logits_2d + 0.2 * face.logits_3d
+    np.testing.assert_allclose(list(face.scores.values()), np.exp(z - z.max()) / np.exp(z - z.max()).sum(), atol=1e-5)
+    single = p.predict(faces / "0-f1-su-ph.jpg")[0]
+    np.testing.assert_allclose(single.params3d, res[1][0].params3d, rtol=1e-4, atol=1e-3)
+
+
+def test_emoca_cage_preset_fuses_valence_arousal(emoca_weights, faces):
+    """AffectNet VA late fusion: 0.6 * CAGE + 0.4 * the EMOCA head, per dimension."""
+    from ig3d.convert.cage import export_cage_onnx
+    from ig3d.convert.ig3d_heads import late_fusion_head
+    from ig3d.models.cage import CageNet
+    from ig3d.models.ig3d_heads import MLP4
+
+    d, _ = emoca_weights
+    torch.manual_seed(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cage = CageNet("combined")
+        _calibrate_bn(cage, torch.randn(2, 3, 224, 224))
+        export_cage_onnx(cage, d / "cage.onnx")
+    finally:
+        torch.set_num_threads(threads)
+    late_fusion_head(MLP4(156).eval(), "affectnet_va", "emoca").save(d / "va_head.npz")
+    p = ig3d.Predictor("ig3d-emoca-cage", weights={"emoca": d, "cage": d, "head": d / "va_head.npz"})
+    (face,) = p.predict(faces / "astronaut.png")
+    assert len(face.scores) == 8 and face.label_2d in face.scores
+    # the class scores stay the 3D head's; V and A are fused with CAGE's outputs 8 and 9
+    np.testing.assert_allclose(list(face.scores.values()), list(face.scores_3d.values()), atol=1e-5)
+    sess = __import__("onnxruntime").InferenceSession(str(d / "cage.onnx"), providers=["CPUExecutionProvider"])
+    from ig3d.faces import align
+    from ig3d.io import load_image
+
+    x = align.crop(load_image(faces / "astronaut.png"), align.cage_affine(face.landmarks[None]), 224, imagenet=True)
+    cage_va = sess.run(["outputs"], {sess.get_inputs()[0].name: x})[0][0, 8:10]
+    head_out = ig3d.FusedHead.load(d / "va_head.npz")(face.params3d[None].astype(np.float32)).out3d[0, 8:10]
+    np.testing.assert_allclose([face.valence, face.arousal], 0.6 * cage_va + 0.4 * head_out, atol=1e-4)
