@@ -192,3 +192,26 @@ def test_emoca_cage_preset_fuses_valence_arousal(emoca_weights, faces):
     cage_va = sess.run(["outputs"], {sess.get_inputs()[0].name: x})[0][0, 8:10]
     head_out = ig3d.FusedHead.load(d / "va_head.npz")(face.params3d[None].astype(np.float32)).out3d[0, 8:10]
     np.testing.assert_allclose([face.valence, face.arousal], 0.6 * cage_va + 0.4 * head_out, atol=1e-4)
+
+
+def test_smirk_cage_preset_is_deterministic_and_batch_equals_single(emoca_weights, faces):
+    """SMIRK with CAGE (run after the EMOCA+CAGE test, which exports cage.onnx)."""
+    from ig3d.convert.ig3d_heads import to_fused_head
+    from ig3d.models.ig3d_heads import MLP4
+
+    d, _ = emoca_weights
+    if not (d / "cage.onnx").is_file():
+        pytest.skip("cage.onnx is exported by test_emoca_cage_preset_fuses_valence_arousal")
+    to_fused_head(MLP4(358).eval(), feature_set="smirk_full", dataset="affectnet8").save(d / "smirk_head.npz")
+    p = ig3d.Predictor("ig3d-smirk-cage", weights={"smirk": d, "cage": d, "head": d / "smirk_head.npz"})
+    names = ["0-f15-hao-ph.jpg", "free-mountain-vector-01.jpg", "single_face.jpg"]
+    single = [p.predict(faces / n) for n in names]
+    batch = p.predict_batch([faces / n for n in names])
+    assert [len(b) for b in batch] == [1, 0, 1] == [len(s) for s in single]
+    for b, s in zip(batch, single):
+        for fb, fs in zip(b, s):
+            assert fb.params3d.shape == (358,) and fb.flame["jaw_params"].shape == (3,)
+            np.testing.assert_allclose(fb.params3d, fs.params3d, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(list(fb.scores.values()), list(fs.scores.values()), atol=1e-4)
+    again = p.predict(faces / names[0])[0]
+    np.testing.assert_array_equal(again.params3d, single[0][0].params3d)
