@@ -21,3 +21,22 @@ def faces() -> Path:
     if not (d / "MANIFEST.csv").is_file():
         pytest.skip(f"the face photos are not here ({d}); set IG3D_FACES_DIR to the shared/data/faces folder")
     return d
+
+
+def reference_key_list(filename: str):
+    """[(key, shape)] of an upstream checkpoint key list (``shared/reference/keys/<filename>``, or
+    ``$IG3D_REFERENCE_DIR``: that folder or its ``keys/``), in file order; skips when absent."""
+    env = os.environ.get("IG3D_REFERENCE_DIR")
+    if env:
+        d = Path(env)
+        path = d / filename if (d / filename).is_file() else d / "keys" / filename
+    else:
+        path = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "keys" / filename
+    if not path.is_file():
+        pytest.skip(f"the upstream key list is not here ({path}); set IG3D_REFERENCE_DIR to shared/reference")
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            key, shape = line.split("\t")
+            rows.append((key, tuple(int(t) for t in shape.strip().strip("[]").split(",") if t.strip())))
+    return rows

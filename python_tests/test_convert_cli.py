@@ -67,7 +67,8 @@ def test_convert_ig3d_head_to_a_preset_head(tmp_path):
     ckpt = tmp_path / "head.pt"
     torch.save(mlp.state_dict(), ckpt)
     r = subprocess.run([sys.executable, "-m", "ig3d.cli", "convert", "ig3d-head", str(ckpt), "-o", str(tmp_path / "o"),
-                        "--task", "affectnet8", "--encoder", "smirk"], capture_output=True, text=True, timeout=300)
+                        "--task", "affectnet8", "--encoder", "smirk"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     head = FusedHead.load(tmp_path / "o" / "head.npz")
     assert (head.input_dim, head.num_classes, head.va_index, head.fusion) == (358, 8, 8, "weighted")
@@ -77,5 +78,6 @@ def test_convert_ig3d_head_to_a_preset_head(tmp_path):
         ref = mlp(x).numpy()
     np.testing.assert_allclose(head(x.numpy()).out3d, ref, rtol=1e-4, atol=1e-4)
     r = subprocess.run([sys.executable, "-m", "ig3d.cli", "convert", "ig3d-head", str(ckpt), "-o", str(tmp_path / "o"),
-                        "--task", "affectnet8", "--encoder", "emoca"], capture_output=True, text=True, timeout=300)
+                        "--task", "affectnet8", "--encoder", "emoca"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
     assert r.returncode == 1 and "does not fit emoca" in r.stderr

@@ -29,12 +29,11 @@ Runtime of this file on the 2-core dev box: ~19 s (ONNX export ~3.7 s, ORT sessi
 from __future__ import annotations
 
 import math
-import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reference_key_list
 
 torch = pytest.importorskip("torch", reason="DDAMFN conversion needs torch (pip install ig3d[torch])")
 
@@ -59,25 +58,10 @@ from ig3d.models.ddamfn import DDAMNet  # noqa: E402
 N_KEYS, N_DEAD = 1190, 221
 
 
-def keys_file() -> Path:
-    env = os.environ.get("IG3D_REFERENCE_DIR")
-    if env:  # the shared/reference folder, or its keys/ folder itself
-        d = Path(env)
-        return d / "ddamfn_keys.txt" if (d / "ddamfn_keys.txt").is_file() else d / "keys" / "ddamfn_keys.txt"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "keys" / "ddamfn_keys.txt"
-
-
 @pytest.fixture(scope="module")
 def key_list():
     """[(key, shape)] from ddamfn_keys.txt, in file order."""
-    f = keys_file()
-    if not f.is_file():
-        pytest.skip(f"the upstream key list is not here ({f}); set IG3D_REFERENCE_DIR to shared/reference")
-    out = []
-    for line in f.read_text().splitlines():
-        key, shape = line.split("\t")
-        out.append((key, tuple(int(t) for t in shape.strip("[]").split(",") if t.strip())))
-    return out
+    return reference_key_list("ddamfn_keys.txt")
 
 
 def synthetic_state_dict(key_list, num_classes=8, seed=0):

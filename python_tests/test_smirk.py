@@ -14,11 +14,10 @@ inputs (odd sizes exercise the TF-SAME padding); ig3d's prefixed key list equals
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reference_key_list
 
 torch = pytest.importorskip("torch", reason="the SMIRK encoder needs torch (pip install 'ig3d[torch]')")
 
@@ -47,34 +46,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _keys_path() -> Path:
-    env = os.environ.get("IG3D_REFERENCE_DIR")
-    if env:
-        # Accept the keys folder itself or the reference folder above it.
-        for p in (Path(env) / KEYS_FILE, Path(env) / "keys" / KEYS_FILE):
-            if p.is_file():
-                return p
-        return Path(env) / KEYS_FILE
-    return Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "keys" / KEYS_FILE
-
-
-def _parse_shape(text: str):
-    text = text.strip()[1:-1].strip()
-    return tuple(int(t) for t in text.split(",")) if text else ()
-
-
 @pytest.fixture(scope="module")
 def key_list():
     """[(key, shape)] of upstream's ``smirk_encoder.*`` entries, in upstream order."""
-    path = _keys_path()
-    if not path.is_file():
-        pytest.skip(f"the upstream key list is not here ({path}); set IG3D_REFERENCE_DIR to shared/reference/keys")
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            key, shape = line.split("\t")
-            rows.append((key, _parse_shape(shape)))
-    return rows
+    return reference_key_list(KEYS_FILE)
 
 
 def _synthetic_checkpoint(key_list, seed: int = 0):

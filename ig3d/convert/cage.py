@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import io
 import os
-import warnings
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
@@ -33,6 +31,7 @@ import torch
 
 from ..models.cage import FEATURE_DIM, INPUT_SIZE, VARIANTS, CageNet
 from ..models.maxvit import PARTITION_SIZE, relative_position_index
+from ._onnx_export import export_onnx
 from .checkpoint import UnsafeCheckpointError, load_torch_file
 
 __all__ = [
@@ -222,17 +221,4 @@ def export_cage_onnx(model: CageNet, path: PathLike, *, opset: int = 17) -> None
     """
     m = copy.deepcopy(model).to("cpu", torch.float32).eval()
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    buf = io.BytesIO()  # export to memory first: a failed export leaves no half-written file behind
-    with torch.no_grad(), warnings.catch_warnings():
-        # The legacy exporter is chosen deliberately (see above); torch >= 2.9 flags it, and itself,
-        # as deprecated. Silence exactly those messages, nothing else.
-        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
-                                DeprecationWarning)
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        torch.onnx.export(
-            _OutputsAndFeatures(m), (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
-            dynamic_axes={n: {0: "batch"} for n in (ONNX_INPUT,) + ONNX_OUTPUTS},
-            do_constant_folding=True)
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    export_onnx(_OutputsAndFeatures(m), dummy, path, input_name=ONNX_INPUT, output_names=ONNX_OUTPUTS, opset=opset)

@@ -25,7 +25,6 @@ torch is imported with this module (it is an optional dependency of ig3d: ``ig3d
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections import OrderedDict
@@ -35,7 +34,9 @@ import numpy as np
 import torch
 
 from ..models.ddamfn import FEATURE_DIM, INPUT_SIZE, DDAMNet, MixedDepthwiseConv
+from ._onnx_export import export_onnx
 from .checkpoint import UnsafeCheckpointError, load_torch_file
+from .onnx_passes import expand_prelu
 
 __all__ = [
     "AFFECTNET8_LABELS",
@@ -264,27 +265,9 @@ def export_ddamfn_onnx(model: DDAMNet, path: PathLike, *, opset: int = 17) -> No
     ``onnxscript`` (not an ig3d dependency); torch 2.13 still ships it, deprecated.
     """
     import copy
-    import warnings
 
     m = copy.deepcopy(model).to("cpu", torch.float32).eval()
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    buf = io.BytesIO()  # export to memory first: a failed export leaves no half-written file behind
-    with torch.no_grad(), warnings.catch_warnings():
-        # The legacy exporter is chosen deliberately (see above); torch >= 2.9 flags it, and itself,
-        # as deprecated. Silence exactly those two messages, nothing else.
-        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export",
-                                DeprecationWarning)
-        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        torch.onnx.export(
-            _LogitsAndFeatures(m), (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits", "features"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-            do_constant_folding=True)
-    import onnx
-
-    from .onnx_passes import expand_prelu
-
-    # PReLU written out as Relu/Mul/Add: ONNX Runtime runs that form much faster (see expand_prelu)
-    proto = expand_prelu(onnx.load_from_string(buf.getvalue()))
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    # PReLU written out as Relu/Mul/Add: ONNX Runtime runs that form faster (see expand_prelu)
+    export_onnx(_LogitsAndFeatures(m), dummy, path, input_name="input", output_names=("logits", "features"),
+                opset=opset, postprocess=expand_prelu)

@@ -35,16 +35,15 @@ torch is imported with this module (it is an optional dependency of ig3d: ``ig3d
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import os
-import warnings
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ..models.emoca import INPUT_SIZE, N_EXP, N_EXP_JAW, EmocaEncoders, emoca_full, emoca_short
+from ._onnx_export import export_onnx
 from .checkpoint import UnsafeCheckpointError, load_torch_file
 
 __all__ = [
@@ -275,17 +274,4 @@ def export_emoca_onnx(model: EmocaEncoders, path: PathLike, *, opset: int = 17) 
     m = copy.deepcopy(model).to("cpu", torch.float32).eval()
     names = onnx_output_names(m)
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    buf = io.BytesIO()  # export to memory first: a failed export leaves no half-written file behind
-    with torch.no_grad(), warnings.catch_warnings():
-        # dynamo=False is deliberate (onnxscript is not an ig3d dependency): silence torch's deprecation
-        # notices about that exporter, and only those, so any other warning still surfaces.
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-        torch.onnx.export(
-            _OnnxOutputs(m), (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=list(names),
-            dynamic_axes={n: {0: "batch"} for n in ("image",) + names},
-            do_constant_folding=True)
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    export_onnx(_OnnxOutputs(m), dummy, path, input_name="image", output_names=names, opset=opset)

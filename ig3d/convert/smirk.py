@@ -21,9 +21,7 @@ torch is imported with this module (it is an optional dependency of ig3d: ``ig3d
 from __future__ import annotations
 
 import copy
-import io
 import os
-import warnings
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Tuple, Union
 
@@ -31,6 +29,7 @@ import torch
 
 from ..models.mobilenetv3 import MobileNetV3Minimal
 from ..models.smirk import INPUT_SIZE, OUTPUT_DIMS, SmirkEncoder, smirk_full
+from ._onnx_export import export_onnx
 from .checkpoint import UnsafeCheckpointError, load_torch_file
 
 __all__ = [
@@ -177,22 +176,7 @@ def export_smirk_onnx(model: SmirkEncoder, path: PathLike, *, opset: int = 17) -
         if isinstance(trunk, MobileNetV3Minimal):
             trunk.fix_input_size((INPUT_SIZE, INPUT_SIZE))
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    buf = io.BytesIO()  # export to memory first: a failed export leaves no half-written file behind
-    with torch.no_grad(), warnings.catch_warnings():
-        # dynamo=False is deliberate (onnxscript is not an ig3d dependency): silence torch's deprecation
-        # notices about that exporter, and only those, so that any other warning (e.g. a TracerWarning
-        # about a value baked into the graph) still surfaces.
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-        # The TF-SAME pads are constants, but the exporter reverses them with a step -1 Slice that its
-        # folder skips; the graph stays correct and ONNX Runtime folds the Slice when it loads the model.
-        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1 can be constant folded",
-                                category=UserWarning)
-        torch.onnx.export(
-            _OnnxOutputs(m), (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=list(ONNX_OUTPUTS),
-            dynamic_axes={n: {0: "batch"} for n in ("image",) + ONNX_OUTPUTS},
-            do_constant_folding=True)
-    with open(path, "wb") as f:
-        f.write(buf.getvalue())
+    # The TF-SAME pads are constants, but the exporter reverses them with a step -1 Slice that its
+    # folder skips; the graph stays correct and ONNX Runtime folds the Slice when it loads the model.
+    export_onnx(_OnnxOutputs(m), dummy, path, input_name="image", output_names=ONNX_OUTPUTS, opset=opset,
+                ignore_warnings=(r"Constant folding - Only steps=1 can be constant folded",))
