@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,3 +41,24 @@ def reference_key_list(filename: str):
             key, shape = line.split("\t")
             rows.append((key, tuple(int(t) for t in shape.strip().strip("[]").split(",") if t.strip())))
     return rows
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread, then restore: on a shared 2-core machine OpenMP threads waiting on a
+    busy core made a 224x224 forward ~25x slower [measured], and these networks gain little from two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """:func:`one_torch_thread` for a whole test module (``pytestmark = usefixtures(...)``)."""
+    with one_torch_thread():
+        yield

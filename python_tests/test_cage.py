@@ -39,14 +39,7 @@ KEYS_FILE = Path(__file__).resolve().parent / "data" / "maxvit_t_keys.txt"
 INT_SUFFIXES = ("num_batches_tracked", "relative_position_index")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads waiting on a busy core slow these
-    convolutions down many times (see python_tests/test_smirk.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _parse_shape(text: str):
@@ -297,7 +290,7 @@ def onnx_session(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("cage_onnx") / "cage.onnx"
     export_cage_onnx(model, path)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # see _one_thread
+    opts.intra_op_num_threads = 1  # see conftest.one_torch_thread
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

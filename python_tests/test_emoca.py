@@ -52,14 +52,7 @@ from ig3d.models.resnet import ResNet50  # noqa: E402
 KEYS_FILE = "emoca_encoder_keys.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP threads waiting on a busy core slow the
-    convolutions down by far more than a second thread gains."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +331,7 @@ def onnx_session(short_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("emoca_onnx") / "emoca.onnx"
     export_emoca_onnx(short_model, path)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # see _one_thread
+    opts.intra_op_num_threads = 1  # see conftest.one_torch_thread
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -34,12 +34,7 @@ TOL = 1e-4  # fused head (fp32 C++) vs torch eval
 B = 5
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine; these heads are small
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _randomise(model, seed=0, out_scale=4.0):

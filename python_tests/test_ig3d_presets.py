@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import one_torch_thread
 
 import ig3d
 from ig3d.labels import AFFECTNET8_LABELS
@@ -35,17 +36,13 @@ def weights(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         smirk = SmirkEncoder()
         _calibrate_bn(smirk, torch.rand(4, 3, 224, 224))
         export_smirk_onnx(smirk, d / "smirk.onnx")
         ddamfn = DDAMNet(num_classes=8)
         _calibrate_bn(ddamfn, torch.randn(4, 3, 112, 112))
         export_ddamfn_onnx(ddamfn, d / "ddamfn.onnx")
-    finally:
-        torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
 
     def lin(o, i):
@@ -128,14 +125,10 @@ def emoca_weights(weights):
     from ig3d.models.emoca import EmocaEncoders
 
     torch.manual_seed(1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         model = EmocaEncoders()
         _calibrate_bn(model, torch.rand(2, 3, 224, 224))
         export_emoca_onnx(model, weights / "emoca.onnx")
-    finally:
-        torch.set_num_threads(threads)
     rng = np.random.default_rng(1)
     from ig3d.models.ig3d_heads import MLP4
     from ig3d.convert.ig3d_heads import late_fusion_head
@@ -170,14 +163,10 @@ def test_emoca_cage_preset_fuses_valence_arousal(emoca_weights, faces):
 
     d, _ = emoca_weights
     torch.manual_seed(2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         cage = CageNet("combined")
         _calibrate_bn(cage, torch.randn(2, 3, 224, 224))
         export_cage_onnx(cage, d / "cage.onnx")
-    finally:
-        torch.set_num_threads(threads)
     late_fusion_head(MLP4(156).eval(), "affectnet_va", "emoca").save(d / "va_head.npz")
     p = ig3d.Predictor("ig3d-emoca-cage", weights={"emoca": d, "cage": d, "head": d / "va_head.npz"})
     (face,) = p.predict(faces / "astronaut.png")

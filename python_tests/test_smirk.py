@@ -36,14 +36,7 @@ from ig3d.models.smirk import FULL_DIM, OUTPUT_DIMS, SHORT_DIM, SmirkEncoder, sm
 KEYS_FILE = "smirk_encoder_keys.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Run torch on one thread here: these small convolutions gain nothing from more, and on a shared
-    2-core machine OpenMP threads waiting on a busy core made a 224x224 forward ~25x slower [measured]."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +232,7 @@ def onnx_session(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("smirk_onnx") / "smirk.onnx"
     export_smirk_onnx(model, path)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # see _one_thread
+    opts.intra_op_num_threads = 1  # see conftest.one_torch_thread
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
