@@ -5,12 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "ig3d/head.h"
+#include "ig3d/warp.h"
 
 namespace py = pybind11;
 using ig3d::Head;
@@ -170,6 +172,44 @@ py::array_t<float> fuse_scores(const py::handle& s2d, const py::handle& s3d, int
   return out;
 }
 
+
+py::array_t<float> warp_affine(const py::handle& image_obj, const py::handle& minv_obj, int64_t out_size,
+                               bool zero_border, const py::handle& lut_obj, int threads) {
+  if (!py::isinstance<py::array>(image_obj))
+    throw py::value_error("image: expected a numpy array, got " +
+                          std::string(py::str(py::type::handle_of(image_obj).attr("__name__"))));
+  py::array image = py::reinterpret_borrow<py::array>(image_obj);
+  if (image.dtype().kind() != 'u' || image.itemsize() != 1 || image.ndim() != 3 || image.shape(2) != 3)
+    throw py::value_error("image: expected an [H, W, 3] uint8 array, got " + std::string(py::str(image.dtype())) +
+                          " " + shape_str(image));
+  if (image.shape(0) < 1 || image.shape(1) < 1) throw py::value_error("image: empty, shape " + shape_str(image));
+  using U8 = py::array_t<uint8_t, py::array::c_style>;
+  U8 img = U8::ensure(image);  // row-contiguous copy only for non-contiguous views
+  using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+  F64 minv = F64::ensure(minv_obj);
+  if (!minv || minv.ndim() != 3 || minv.shape(1) != 2 || minv.shape(2) != 3)
+    throw py::value_error("minv: expected shape [N, 2, 3], got " +
+                          (minv ? shape_str(minv) : std::string("a non-array")));
+  const double* mp = minv.data();
+  for (py::ssize_t k = 0; k < minv.size(); ++k)
+    if (!std::isfinite(mp[k])) throw py::value_error("minv: must be finite");
+  if (out_size < 1 || out_size > 8192)
+    throw py::value_error("out_size: must be in [1, 8192], got " + std::to_string(out_size));
+  F32 lut = as_f32(lut_obj, "lut");
+  if (lut.ndim() != 1 || lut.shape(0) != 256) throw py::value_error("lut: expected shape [256], got " + shape_str(lut));
+  const int64_t n = minv.shape(0);
+  py::array_t<float> out({py::ssize_t(n), py::ssize_t(out_size), py::ssize_t(out_size), py::ssize_t(3)});
+  const uint8_t* ip = img.data();
+  const float* lp = lut.data();
+  float* op = out.mutable_data();
+  const int64_t h = img.shape(0), w = img.shape(1);
+  {
+    py::gil_scoped_release nogil;
+    ig3d::warp_affine_u8(ip, h, w, w * 3, mp, n, out_size, zero_border, lp, op, threads);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -194,6 +234,10 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("fuse_scores", &fuse_scores, py::arg("s2d"), py::arg("s3d"), py::arg("mode"), py::arg("w2d"),
         py::arg("w3d"));
+  m.def("warp_affine", &warp_affine, py::arg("image"), py::arg("minv"), py::arg("out_size"),
+        py::arg("zero_border"), py::arg("lut"), py::arg("threads") = 0,
+        "Affine crops [N, S, S, 3] float32 (OpenCV INTER_LINEAR fixed point, then lut[uint8]) of an "
+        "[H, W, 3] uint8 image; minv [N, 2, 3] maps crop pixels to image pixels.");
   m.def("cpu_isa", &ig3d::cpu_isa);
   m.def("supported_cpu_isas", &ig3d::supported_cpu_isas);
   m.def("force_cpu_isa", &ig3d::force_cpu_isa, py::arg("name"));

@@ -41,7 +41,9 @@ from ig3d.faces import detect as D
 from ig3d.faces.landmarks import (
     Rois,
     _invert_affine,
+    _unit_lut,
     _warp_axis_aligned,
+    _warp_crops_numpy,
     _warp_one,
     blendshape_points,
     landmarks_to_image,
@@ -269,6 +271,82 @@ def test_warp_batch_out_and_errors():
         warp_crops(img, m, 24, border="reflect")
     with pytest.raises(ValueError):
         warp_crops(img, np.full((1, 2, 3), np.nan), 24)
+
+
+def _random_maps(rng, n):
+    """Rotated, scaled and axis-aligned maps, inside, across and outside the image."""
+    M = np.zeros((n, 2, 3))
+    for k in range(n):
+        ang = rng.uniform(-np.pi, np.pi) if rng.random() < 0.7 else 0.0
+        sc = rng.uniform(0.2, 3.0)
+        c, sn = np.cos(ang) * sc, np.sin(ang) * sc
+        M[k] = [[c, -sn, rng.uniform(-100, 100)], [sn, c, rng.uniform(-100, 100)]]
+        if rng.random() < 0.3:
+            M[k, :, 2] = np.round(M[k, :, 2])   # integer offsets: rounding ties
+    return M
+
+
+def test_warp_kernel_equals_numpy_reference():
+    # The C++ kernel behind warp_crops against the numpy reference: identical bytes, for both
+    # border modes, both code paths (rotated / axis-aligned), crops inside, across and entirely
+    # outside the image, and on 1 or 2 threads.
+    rng = np.random.default_rng(11)
+    cases = 0
+    for _ in range(150):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        m = _random_maps(rng, int(rng.integers(1, 4)))
+        s = int(rng.integers(1, 70))
+        for border in ("replicate", "zero"):
+            want = _warp_crops_numpy(img, m, s, border=border)
+            for threads in (1, 2):
+                np.testing.assert_array_equal(warp_crops(img, m, s, border=border, threads=threads), want)
+                cases += 1
+    assert cases == 600
+
+
+def test_warp_kernel_equals_numpy_reference_on_a_photo():
+    img = _load_photo("single_face.jpg")
+    rois = Rois(np.array([[290.0, 250.0], [100.0, 500.0]]), np.array([[230.0, 230.0], [300.0, 260.0]]),
+                np.array([0.12, -2.5]))
+    m, _ = roi_affine(rois, 256)
+    np.testing.assert_array_equal(warp_crops(img, m, 256), _warp_crops_numpy(img, m, 256))
+    # the detector letterbox with its value range, through the lookup table
+    for size in (128, 192):
+        x, _ = letterbox_mediapipe(img, size)
+        h, w = img.shape[:2]
+        side = float(max(h, w))
+        mm, _ = roi_affine(Rois(np.array([[w / 2, h / 2]]), np.array([[side, side]]), np.zeros(1)), size)
+        want = _warp_crops_numpy(img, mm, size, border="zero")[0]
+        want *= np.float32(2.0)
+        want += np.float32(-1.0)
+        np.testing.assert_array_equal(x, want)
+    np.testing.assert_allclose(_unit_lut(), np.arange(256) / 255.0, rtol=1e-7, atol=0)
+
+
+def test_warp_kernel_errors():
+    from ig3d import _core
+
+    img = np.zeros((10, 12, 3), np.uint8)
+    minv = np.eye(2, 3)[None]
+    lut = _unit_lut()
+    for bad, arg in [(img.astype(np.float32), "image"), (img[..., :2], "image"), (img[:0], "image"),
+                     ([[1, 2, 3]], "image")]:
+        with pytest.raises(ValueError, match=arg):
+            _core.warp_affine(bad, minv, 8, False, lut)
+    with pytest.raises(ValueError, match=r"minv: expected shape \[N, 2, 3\]"):
+        _core.warp_affine(img, np.eye(3), 8, False, lut)
+    with pytest.raises(ValueError, match="minv: must be finite"):
+        _core.warp_affine(img, np.full((1, 2, 3), np.inf), 8, False, lut)
+    with pytest.raises(ValueError, match="out_size"):
+        _core.warp_affine(img, minv, 0, False, lut)
+    with pytest.raises(ValueError, match="lut"):
+        _core.warp_affine(img, minv, 8, False, lut[:10])
+    # a strided view is read correctly
+    big = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    view = big[::2, 1::2]
+    np.testing.assert_array_equal(_core.warp_affine(view, minv, 8, False, lut),
+                                  _core.warp_affine(np.ascontiguousarray(view), minv, 8, False, lut))
 
 
 def test_letterbox_mediapipe_geometry():
