@@ -33,7 +33,9 @@ class Predictor:
             "cuda" without a GPU raises ``RuntimeError``; there is no silent fallback.
         head: a trained :class:`FusedHead` (or the path of one saved with ``FusedHead.save``) to
             replace the preset's 3D head.
-        threads: CPU threads for the encoders (default: ONNX Runtime's choice).
+        threads: CPU worker threads (default: the cores this process may run on). On the CPU
+            each face is its own single-threaded network run and the runs are spread over the
+            workers; ``threads=1`` runs each network once per call on the whole batch instead.
         min_face_size: smallest face, in pixels, to look for (default 40). Images more than
             about ten times that size are also scanned in overlapping tiles (one extra batched
             detector run); ``None`` skips the tiles when faces are known to be large (VR, a
@@ -41,7 +43,7 @@ class Predictor:
 
     ``predict(img)`` returns a list of :class:`FaceResult`, largest face first (empty when there
     is no face); ``predict_batch(images)`` returns one such list per image and runs every face of
-    every image through each network in one batched call.
+    every image through each stage together (see ``threads``).
     """
 
     def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,

@@ -76,6 +76,41 @@ def test_batch_equals_single(predictor, faces, single_results):
             np.testing.assert_allclose(fb.landmarks, fs.landmarks, atol=1e-2)
 
 
+def test_per_face_workers_equal_one_batched_run(faces, single_results):
+    # The default Predictor spreads single-face runs over worker threads; threads=1 runs each
+    # network once on the whole batch in the calling thread (what a GPU gets). Same answers.
+    p1 = ig3d.Predictor(threads=1)
+    assert not p1._pipeline.workers.parallel
+    batch = p1.predict_batch([faces / n for n in ALL])
+    for name, faces_b in zip(ALL, batch):
+        assert len(faces_b) == len(single_results[name]), name
+        for fb, fs in zip(faces_b, single_results[name]):
+            assert fb.label == fs.label
+            np.testing.assert_allclose(fb.box, fs.box, atol=1e-3)
+            np.testing.assert_allclose(list(fb.scores.values()), list(fs.scores.values()), atol=1e-4)
+            np.testing.assert_allclose(list(fb.blendshapes.values()), list(fs.blendshapes.values()), atol=1e-4)
+    with pytest.raises(ValueError, match="threads must be a positive"):
+        ig3d.Predictor(threads=0)
+
+
+def test_workers_keep_item_order():
+    from ig3d.engines import Workers
+
+    class Echo:  # stands in for an OnnxModel: returns its batch, plus the batch size it saw
+        def run(self, x):
+            return {"y": np.asarray(x) * 2, "n": np.full(len(x), len(x))}
+
+    items = np.arange(7.0)
+    par, seq = Workers(3), Workers(1)
+    assert par.parallel and not seq.parallel
+    out = par.run(Echo(), items)
+    np.testing.assert_array_equal(out["y"], items * 2)
+    np.testing.assert_array_equal(out["n"], 1)          # one run per item
+    out = seq.run(Echo(), list(items), prep=lambda part: np.asarray(part) + 1)
+    np.testing.assert_array_equal(out["y"], (items + 1) * 2)
+    np.testing.assert_array_equal(out["n"], 7)          # one batched run
+
+
 def test_result_fields_and_json(single_results):
     (face,) = single_results["astronaut.png"]
     assert face.landmarks.shape == (478, 3)
