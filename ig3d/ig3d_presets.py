@@ -115,14 +115,29 @@ class Ig3DPipeline:
 
             faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads)
         self.faces = faces_pipeline  # detectors and landmarks are the default preset's
+        #: the default preset's workers run the encoders too: on the CPU one run per face, spread
+        #: over the cores (measured 1.25-1.35x the images/s of one batched run of 32 for DDAMFN++
+        #: and CAGE on 2 cores), each on ``threads`` intra-op threads so that a single face still
+        #: uses every core
+        self.workers = faces_pipeline.workers
 
-    def _crops(self, images: Sequence[np.ndarray], owner: np.ndarray, lm: np.ndarray, encoder: str) -> np.ndarray:
+    def _crops(self, images: Sequence[np.ndarray], owner: np.ndarray, lm: np.ndarray, encoder: str,
+               threads: int = 0) -> np.ndarray:
         fn, size, imagenet = _CROP[encoder]
         M = fn(lm, size)
         if isinstance(M, tuple):  # ddamfn_affine also returns the template index
             M = M[0]
-        return np.concatenate([align.crop(images[i], M[owner == i], size, imagenet=imagenet)
+        return np.concatenate([align.crop(images[i], M[owner == i], size, imagenet=imagenet, threads=threads)
                                for i in np.unique(owner)])
+
+    def _cropper(self, images: Sequence[np.ndarray], encoder: str):
+        """prep for an encoder run: items are (image index, landmarks) per face."""
+        threads = 1 if self.workers.parallel else 0
+
+        def prep(items):
+            return self._crops(images, np.array([i for i, _ in items]), np.stack([l for _, l in items]), encoder,
+                               threads)
+        return prep
 
     def _fed_scores(self, raw: np.ndarray) -> np.ndarray:
         """The 2D scores the head late-fuses: all of them, or CAGE's logits / VA part."""
@@ -147,8 +162,10 @@ class Ig3DPipeline:
         owner = owner[order]
         lm = np.stack([f.landmarks for _, f in flat])
 
-        out3d = self.enc3d.run(self._crops(images, owner, lm, self.enc3d_name))
-        out2d = self.enc2d.run(self._crops(images, owner, lm, self.enc2d_name))
+        items = list(zip(owner, lm))
+        pending3d = self.workers.start(self.enc3d, items, self._cropper(images, self.enc3d_name))
+        out2d = self.workers.run(self.enc2d, items, self._cropper(images, self.enc2d_name))
+        out3d = pending3d.result()
         params = out3d["params_full"].astype(np.float32)
         scores2d_raw = out2d[_SCORES[self.enc2d_name]].astype(np.float32)
         feats = out2d["features"].astype(np.float32)

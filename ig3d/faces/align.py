@@ -122,10 +122,12 @@ def cage_affine(landmarks: np.ndarray, size: int = 224, scale: float = 1.25) -> 
     return square_affine(centre, wh.max(1) * scale, size)
 
 
-def crop(image: np.ndarray, M: np.ndarray, size: int, *, imagenet: bool = False) -> np.ndarray:
+def crop(image: np.ndarray, M: np.ndarray, size: int, *, imagenet: bool = False,
+         threads: int = 0) -> np.ndarray:
     """Warp ``image`` (RGB uint8) by each affine -> float32 NCHW [N, 3, size, size]: RGB in [0, 1],
-    or ImageNet-normalised when ``imagenet``. Black border, as the upstream crops."""
-    x = warp_crops(image, M, size, border="zero")
+    or ImageNet-normalised when ``imagenet``. Black border, as the upstream crops. ``threads`` as
+    in :func:`ig3d.faces.landmarks.warp_crops`."""
+    x = warp_crops(image, M, size, border="zero", threads=threads)
     if imagenet:
         x = (x - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
