@@ -4,8 +4,10 @@ face counts, the no-face case, batch = single, and every input form."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +111,38 @@ def test_workers_keep_item_order():
     out = seq.run(Echo(), list(items), prep=lambda part: np.asarray(part) + 1)
     np.testing.assert_array_equal(out["y"], (items + 1) * 2)
     np.testing.assert_array_equal(out["n"], 7)          # one batched run
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_workers_survive_fork():
+    # A robot app may build its Predictor, then fork worker processes: the child must not wait
+    # forever on worker threads that only exist in the parent.
+    from ig3d.engines import Workers
+
+    class Echo:
+        def run(self, x):
+            return {"y": np.asarray(x) + 1}
+
+    w = Workers(2)
+    np.testing.assert_array_equal(w.run(Echo(), np.arange(3.0))["y"], [1, 2, 3])
+    r, wfd = os.pipe()
+    with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child
+        ok = False
+        try:
+            ok = list(w.run(Echo(), np.arange(4.0))["y"]) == [1, 2, 3, 4]
+        finally:
+            os.write(wfd, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(wfd)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 30)
+    got = os.read(r, 1) if ready else b""
+    os.waitpid(pid, 0) if ready else os.kill(pid, 9)
+    assert got == b"1", "the forked child did not get its results within 30 s"
 
 
 def test_result_fields_and_json(single_results):

@@ -159,12 +159,17 @@ class Workers:
     def __init__(self, n: int = 1):
         self.n = max(1, int(n))
         self._pool = None
+        self._pid = os.getpid()
         if self.n > 1:
-            import weakref
-            from concurrent.futures import ThreadPoolExecutor
+            self._new_pool()
 
-            self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="ig3d-worker")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
+    def _new_pool(self) -> None:
+        import weakref
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="ig3d-worker")
+        self._pid = os.getpid()
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     @property
     def parallel(self) -> bool:
@@ -180,6 +185,9 @@ class Workers:
                 return part
         if self._pool is None:
             return Pending(value=model.run(prep(items)))
+        if os.getpid() != self._pid:
+            # a forked child (multiprocessing): the parent's worker threads do not exist here
+            self._new_pool()
 
         def one(part):
             return model.run(prep(part))
