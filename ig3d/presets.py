@@ -12,7 +12,7 @@ depend on the other images in the call.
 from __future__ import annotations
 
 from importlib import resources
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -88,8 +88,8 @@ def _stack(dets: List[detect.FaceDetections]) -> Tuple[np.ndarray, np.ndarray, n
             np.concatenate([d.keypoints for d in dets]).astype(np.float32))
 
 
-def _select(dets: List[detect.FaceDetections], masks) -> List[detect.FaceDetections]:
-    return [detect.FaceDetections(d.boxes[m], d.scores[m], d.keypoints[m]) for d, m in zip(dets, masks)]
+def _subset(d: detect.FaceDetections, mask: np.ndarray) -> detect.FaceDetections:
+    return detect.FaceDetections(d.boxes[mask], d.scores[mask], d.keypoints[mask])
 
 
 def _cat_dets(a: detect.FaceDetections, b: detect.FaceDetections) -> detect.FaceDetections:
@@ -97,26 +97,18 @@ def _cat_dets(a: detect.FaceDetections, b: detect.FaceDetections) -> detect.Face
                                  np.concatenate([a.keypoints, b.keypoints]))
 
 
-class _Faces:
-    """Faces of a call (one row each: owning image, detector box and score, crop -> image map)
-    and, once ``done()``, the landmark model's output for them."""
+class _Faces(NamedTuple):
+    """Faces of a call, one row each: owning image, detector score, crop -> image map, and the
+    landmark model's output (crop pixels) and face presence."""
 
-    def __init__(self, owner, boxes, scores, Minv, pending=None, landmarks=None, presence=None):
-        self.owner, self.boxes, self.scores, self.Minv = owner, boxes, scores, Minv
-        self._pending = pending
-        self.landmarks = np.zeros((len(owner), 478, 3), np.float32) if landmarks is None else landmarks
-        self.presence = np.zeros(len(owner), np.float32) if presence is None else presence
-
-    def done(self) -> "_Faces":
-        if self._pending is not None:
-            out = self._pending.result()
-            self.landmarks, self.presence = out["landmarks"], out["presence"].reshape(-1)
-            self._pending = None
-        return self
+    owner: np.ndarray
+    scores: np.ndarray
+    Minv: np.ndarray
+    landmarks: np.ndarray
+    presence: np.ndarray
 
     def take(self, sel) -> "_Faces":
-        return _Faces(self.owner[sel], self.boxes[sel], self.scores[sel], self.Minv[sel],
-                      landmarks=self.landmarks[sel], presence=self.presence[sel])
+        return _Faces(*(a[sel] for a in self))
 
 
 class DefaultPipeline:
@@ -218,12 +210,13 @@ class DefaultPipeline:
         return detect.postprocess(os_["raw_boxes"], os_["raw_scores"], detect.SHORT_RANGE, lbs,
                                   anchors=self._anchors_short, min_score=0.5, iou_thresh=0.5)
 
-    def _start_landmarks(self, images, dets: List[detect.FaceDetections]) -> "_Faces":
+    def _landmarks(self, images, dets: List[detect.FaceDetections]) -> _Faces:
         owner, boxes, scores, kps = _stack(dets)
         M, Minv = lmk.roi_affine(lmk.rois_from_detections(boxes, kps), 256)
-        pending = (self.workers.start(self.landmarker, list(zip(owner, M)), self._cropper(images, 256))
-                   if owner.size else None)
-        return _Faces(owner, boxes, scores, Minv, pending)
+        if owner.size == 0:
+            return _Faces(owner, scores, Minv, np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32))
+        out = self.workers.run(self.landmarker, list(zip(owner, M)), self._cropper(images, 256))
+        return _Faces(owner, scores, Minv, out["landmarks"], out["presence"].reshape(-1))
 
     def _cropper(self, images, size: int):
         """prep for a model whose input is a crop per face: items are (image index, M)."""
@@ -233,15 +226,14 @@ class DefaultPipeline:
             return np.concatenate([lmk.warp_crops(images[i], m, size, threads=t) for i, m in items])
         return prep
 
-    def _faces(self, images) -> "_Faces":
+    def _faces(self, images) -> _Faces:
         """Every face with its landmark-model output: the full-range detections (small and
         distant faces), plus the short-range ones that overlap none of them (close-ups and
         whole-frame faces, which the full-range model misses). Both detectors run at once."""
         pending_full, views = self._start_full(images)
         short = self._detect_short(images)
         full = self._finish_full(pending_full, views, len(images))
-        dets = [_cat_dets(f, _select([s], [_new_faces(f, s)])[0]) for f, s in zip(full, short)]
-        return self._start_landmarks(images, dets).done()
+        return self._landmarks(images, [_cat_dets(f, _subset(s, _new_faces(f, s))) for f, s in zip(full, short)])
 
     def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:
         if not images:

@@ -203,10 +203,14 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray,
     kp = raw_boxes[..., 4:4 + 2 * num_keypoints].reshape(n, a, num_keypoints, 2)
     keypoints = kp / scale_xy * a_wh[:, None, :] + a_xy[:, None, :]
 
+    return boxes.astype(np.float32), keypoints.astype(np.float32), _sigmoid_scores(raw_scores, score_clipping_thresh)
+
+
+def _sigmoid_scores(raw_scores: np.ndarray, clip: float) -> np.ndarray:
+    """Logits clipped to +-``clip``, then the sigmoid, as float32."""
     # float64: exp(100) overflows float32 and would warn.
-    logits = np.clip(raw_scores.astype(np.float64), -score_clipping_thresh, score_clipping_thresh)
-    scores = 1.0 / (1.0 + np.exp(-logits))
-    return boxes.astype(np.float32), keypoints.astype(np.float32), scores.astype(np.float32)
+    logits = np.clip(raw_scores.astype(np.float64), -clip, clip)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,16 +426,15 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, spec: DetectorSpe
     iou = spec.min_suppression_threshold if iou_thresh is None else iou_thresh
     # Scores first, then decode only the anchors above the threshold (a few of thousands):
     # the same element-wise arithmetic as decoding everything, a fraction of the work.
-    logits = np.clip(raw_scores.astype(np.float64), -spec.score_clipping_thresh, spec.score_clipping_thresh)
-    all_scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    all_scores = _sigmoid_scores(raw_scores, spec.score_clipping_thresh)
 
     results = []
     for i in range(raw_boxes.shape[0]):  # per image; the per-anchor work is vectorised
         cand = np.flatnonzero(all_scores[i] >= thr)
-        boxes, kps, scores = decode(raw_boxes[i, cand][None], raw_scores[i, cand][None], anchors[cand],
-                                    spec.input_size, num_keypoints=spec.num_keypoints,
-                                    score_clipping_thresh=spec.score_clipping_thresh)
-        boxes, kps, scores = boxes[0], kps[0], scores[0]
+        boxes, kps, _ = decode(raw_boxes[i, cand][None], raw_scores[i, cand][None], anchors[cand],
+                               spec.input_size, num_keypoints=spec.num_keypoints,
+                               score_clipping_thresh=spec.score_clipping_thresh)
+        boxes, kps, scores = boxes[0], kps[0], all_scores[i, cand]
         # MediaPipe drops boxes with negative or NaN size before NMS (b/171391719).
         wh = boxes[:, 2:] - boxes[:, :2]
         sel = np.flatnonzero(np.all(wh >= 0, axis=-1))

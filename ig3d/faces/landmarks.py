@@ -316,6 +316,26 @@ def _unit_lut(value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
 _LUT01 = _unit_lut()
 
 
+def _warp_args(image, M, out_size, border, out):
+    """Checked arguments of :func:`warp_crops` -> (image, M [N, 2, 3] float64, N, S)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"warp_crops: expected an [H, W, 3] uint8 RGB image, got "
+                         f"{image.dtype} {image.shape}")
+    if border not in ("replicate", "zero"):
+        raise ValueError(f"warp_crops: border must be 'replicate' or 'zero', not {border!r}")
+    M = np.asarray(M, np.float64)
+    if M.ndim == 2:
+        M = M[None]
+    if M.ndim != 3 or M.shape[1:] != (2, 3) or not np.isfinite(M).all():
+        raise ValueError(f"warp_crops: M must be finite [N, 2, 3], got {M.shape}")
+    n, s = len(M), int(out_size)
+    if out is not None and (out.shape != (n, s, s, 3) or out.dtype != np.float32):
+        raise ValueError(f"warp_crops: out must be float32 {(n, s, s, 3)}, got "
+                         f"{out.dtype} {out.shape}")
+    return image, M, n, s
+
+
 def warp_crops(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
                border: str = "replicate", out: np.ndarray | None = None, threads: int = 0,
                _lut: np.ndarray | None = None) -> np.ndarray:
@@ -341,36 +361,18 @@ def warp_crops(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
     Returns:
         ``[N, S, S, 3]`` float32 in ``[0, 1]`` (pixel / 255, the landmark model's range).
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"warp_crops: expected an [H, W, 3] uint8 RGB image, got "
-                         f"{image.dtype} {image.shape}")
-    if border not in ("replicate", "zero"):
-        raise ValueError(f"warp_crops: border must be 'replicate' or 'zero', not {border!r}")
-    M = np.asarray(M, np.float64)
-    if M.ndim == 2:
-        M = M[None]
-    if M.ndim != 3 or M.shape[1:] != (2, 3) or not np.isfinite(M).all():
-        raise ValueError(f"warp_crops: M must be finite [N, 2, 3], got {M.shape}")
-    n, s = len(M), int(out_size)
-    if out is not None and (out.shape != (n, s, s, 3) or out.dtype != np.float32):
-        raise ValueError(f"warp_crops: out must be float32 {(n, s, s, 3)}, got "
-                         f"{out.dtype} {out.shape}")
+    image, M, n, s = _warp_args(image, M, out_size, border, out)
     minv = _invert_affine(M) if n else M
-    res = _core().warp_affine(image, minv, s, border == "zero", _LUT01 if _lut is None else _lut, int(threads))
+    from .. import kernels
+    res = kernels.core().warp_affine(image, minv, s, border == "zero", _LUT01 if _lut is None else _lut, int(threads))
     if out is None:
         return res
     out[...] = res
     return out
 
 
-def _core():
-    from .. import kernels
-    return kernels.core()
-
-
 def _warp_crops_numpy(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
-               border: str = "replicate", out: np.ndarray | None = None) -> np.ndarray:
+                      border: str = "replicate", out: np.ndarray | None = None) -> np.ndarray:
     """The numpy reference of :func:`warp_crops` (same arguments, identical bytes out).
 
     :func:`warp_crops` runs the C++ form of this in ``ig3d._core``; the tests compare the two on
@@ -407,23 +409,9 @@ def _warp_crops_numpy(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
     Returns:
         ``[N, S, S, 3]`` float32 in ``[0, 1]`` (pixel / 255, the landmark model's range).
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"warp_crops: expected an [H, W, 3] uint8 RGB image, got "
-                         f"{image.dtype} {image.shape}")
-    if border not in ("replicate", "zero"):
-        raise ValueError(f"warp_crops: border must be 'replicate' or 'zero', not {border!r}")
-    M = np.asarray(M, np.float64)
-    if M.ndim == 2:
-        M = M[None]
-    if M.ndim != 3 or M.shape[1:] != (2, 3) or not np.isfinite(M).all():
-        raise ValueError(f"warp_crops: M must be finite [N, 2, 3], got {M.shape}")
-    n, s = len(M), int(out_size)
+    image, M, n, s = _warp_args(image, M, out_size, border, out)
     if out is None:
         out = np.empty((n, s, s, 3), np.float32)
-    elif out.shape != (n, s, s, 3) or out.dtype != np.float32:
-        raise ValueError(f"warp_crops: out must be float32 {(n, s, s, 3)}, got "
-                         f"{out.dtype} {out.shape}")
     minv = _invert_affine(M) if n else M
     for f in range(n):
         _warp_one(image, minv[f], s, border == "zero", out[f])
