@@ -36,7 +36,7 @@ import torch
 from ..models.ddamfn import FEATURE_DIM, INPUT_SIZE, DDAMNet, MixedDepthwiseConv
 from ._onnx_export import export_onnx
 from .checkpoint import UnsafeCheckpointError, load_torch_file
-from .onnx_passes import expand_prelu
+from .onnx_passes import expand_prelu, merge_mixed_depthwise, spatial_means_as_conv
 
 __all__ = [
     "AFFECTNET8_LABELS",
@@ -255,6 +255,14 @@ class _LogitsAndFeatures(torch.nn.Module):
         return self.model.forward_with_features(x)
 
 
+def _onnx_passes(model):
+    """PReLU as Relu/Mul/Add, each mixed depthwise conv as one conv, the coordinate-attention means
+    as depthwise convs (and, in the modules' export form, the gates as one outer product,
+    ``ig3d.models.ddamfn._gate_product``): the same numbers up to float rounding, and DDAMFN++ runs
+    about 1.4x faster in ONNX Runtime on one thread (measured) than as exported."""
+    return spatial_means_as_conv(merge_mixed_depthwise(expand_prelu(model)))
+
+
 def export_ddamfn_onnx(model: DDAMNet, path: PathLike, *, opset: int = 17) -> None:
     """Write ``model`` as ONNX: input ``input`` [B,3,112,112] float32 (ImageNet-normalised RGB),
     outputs ``logits`` [B,num_classes] and ``features`` [B,512]; the batch axis is dynamic.
@@ -268,6 +276,5 @@ def export_ddamfn_onnx(model: DDAMNet, path: PathLike, *, opset: int = 17) -> No
 
     m = copy.deepcopy(model).to("cpu", torch.float32).eval()
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    # PReLU written out as Relu/Mul/Add: ONNX Runtime runs that form faster (see expand_prelu)
     export_onnx(_LogitsAndFeatures(m), dummy, path, input_name="input", output_names=("logits", "features"),
-                opset=opset, postprocess=expand_prelu)
+                opset=opset, postprocess=_onnx_passes)

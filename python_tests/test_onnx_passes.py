@@ -1,0 +1,120 @@
+"""ig3d.convert.onnx_passes: each rewrite against the graph it rewrites, in ONNX Runtime.
+
+Every pass must leave the outputs as they were (float rounding apart), rewrite exactly the
+patterns it names, and leave look-alikes it cannot rewrite exactly untouched. The graphs here are
+small, built with onnx.helper; DDAMFN's full export is checked in test_ddamfn.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the passes rewrite onnx graphs")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime runs the graphs before and after")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from ig3d.convert.onnx_passes import expand_prelu, merge_mixed_depthwise, spatial_means_as_conv  # noqa: E402
+
+RNG = np.random.default_rng(7)
+
+
+def _model(nodes, x_shape, inits=(), out_rank=4):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"] + x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * out_rank)],
+                          initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _run(model, x):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def _check(model, rewrite, x_shape, batch=2, tol=1e-5):
+    x = RNG.standard_normal([batch] + x_shape).astype(np.float32)
+    before = _run(model, x)
+    after_model = rewrite(onnx.load_from_string(model.SerializeToString()))
+    onnx.checker.check_model(after_model)
+    after = _run(after_model, x)
+    assert after.shape == before.shape
+    np.testing.assert_allclose(after, before, rtol=0, atol=tol * max(1.0, float(np.abs(before).max())))
+    return after_model
+
+
+def test_expand_prelu():
+    slope = RNG.uniform(-0.5, 1.5, (6, 1, 1))
+    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                helper.make_node("PRelu", ["c", "slope"], ["y"])], [4, 9, 9],
+               [("w", RNG.standard_normal((6, 4, 3, 3))), ("slope", slope)])
+    out = _check(m, expand_prelu, [4, 9, 9])
+    assert "PRelu" not in _ops(out) and _ops(out).count("Relu") == 1
+
+
+def _mixed(kernels, splits, stride=1, bias_on=None, dilation_on=None):
+    """x [B,sum(splits),12,12] -> Split -> one depthwise Conv per part -> Concat."""
+    split = helper.make_node("Split", ["x", "parts"], [f"p{i}" for i in range(len(splits))], axis=1)
+    nodes, inits = [split], []
+    for i, (k, c) in enumerate(zip(kernels, splits)):
+        ins = [f"p{i}", f"w{i}"] + ([f"b{i}"] if i == bias_on else [])
+        dil = 2 if i == dilation_on else 1
+        nodes.append(helper.make_node("Conv", ins, [f"c{i}"], group=c, kernel_shape=[k, k],
+                                      pads=[dil * (k // 2)] * 4, strides=[stride, stride], dilations=[dil, dil]))
+        inits.append((f"w{i}", RNG.standard_normal((c, 1, k, k))))
+        if i == bias_on:
+            inits.append((f"b{i}", RNG.standard_normal(c)))
+    nodes.append(helper.make_node("Concat", [f"c{i}" for i in range(len(splits))], ["y"], axis=1))
+    m = _model(nodes, [sum(splits), 12, 12], inits)
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray(splits, np.int64), "parts"))
+    return m
+
+
+@pytest.mark.parametrize("kernels,splits,stride", [((3, 5, 7), (8, 4, 4), 1), ((3, 5, 7, 9), (4, 4, 4, 4), 2),
+                                                   ((3, 5), (12, 4), 1), ((5, 3), (4, 12), 2)])
+def test_merge_mixed_depthwise(kernels, splits, stride):
+    m = _mixed(kernels, splits, stride)
+    out = _check(m, merge_mixed_depthwise, [sum(splits), 12, 12])
+    assert _ops(out) == ["Conv"]
+    conv = out.graph.node[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    k = max(kernels)
+    assert attrs["kernel_shape"] == [k, k] and attrs["group"] == sum(splits) and attrs["strides"] == [stride] * 2
+    # the split sizes and the per-part kernels are gone; only the merged kernel is left
+    assert [t.name for t in out.graph.initializer] == [conv.input[1]]
+
+
+@pytest.mark.parametrize("odd", ["bias", "dilation"])
+def test_merge_mixed_depthwise_leaves_lookalikes(odd):
+    m = _mixed((3, 5), (8, 8), bias_on=0 if odd == "bias" else None, dilation_on=1 if odd == "dilation" else None)
+    out = _check(m, merge_mixed_depthwise, [16, 12, 12])
+    assert _ops(out) == _ops(m)
+
+
+@pytest.mark.parametrize("axes", [[2], [3], [-1]])
+def test_spatial_means_as_conv(axes):
+    m = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=axes, keepdims=1)], [5, 7, 11])
+    out = _check(m, spatial_means_as_conv, [5, 7, 11])
+    assert _ops(out) == ["Conv"]
+
+
+@pytest.mark.parametrize("axes,keepdims", [([2, 3], 1), ([1], 1), ([3], 0)])
+def test_spatial_means_as_conv_leaves_others(axes, keepdims):
+    m = _model([helper.make_node("ReduceMean", ["x"], ["y"], axes=axes, keepdims=keepdims)], [5, 7, 11],
+               out_rank=4 if keepdims else 3)
+    out = _check(m, spatial_means_as_conv, [5, 7, 11])
+    assert _ops(out) == ["ReduceMean"]
+
+
+def test_spatial_means_needs_known_sizes():
+    g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[3], keepdims=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 7, "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    assert _ops(spatial_means_as_conv(m)) == ["ReduceMean"]
