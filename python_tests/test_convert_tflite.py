@@ -246,6 +246,24 @@ def to_range(u8: np.ndarray, lo: float, hi: float) -> np.ndarray:
 # structure
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name,n_pads", [("face_detector.tflite", 11), ("face_landmarks_detector.tflite", 3)])
+def test_channel_pads_become_convs(name, n_pads):
+    """The upstream graphs' channel-only PADs (residuals of widening blocks) are 1x1 Convs with
+    [0; I; 0] weights; the comparisons with LiteRT below check that the numbers did not move."""
+    from onnx import numpy_helper
+
+    model = pair(name)[1].model
+    assert sum(op.name == "PAD" for op in tfl.read_tflite(_upstream(name).read_bytes()).subgraphs[0].operators) \
+        == n_pads
+    assert "Pad" not in [n.op_type for n in model.graph.node]
+    inits = {t.name: t for t in model.graph.initializer}
+    pads = [n for n in model.graph.node if n.op_type == "Conv" and "channel_pad" in n.input[1]]
+    assert len(pads) == n_pads
+    for n in pads:
+        w = numpy_helper.to_array(inits[n.input[1]])[:, :, 0, 0]
+        assert w.shape[0] > w.shape[1] and np.array_equal(w[:w.shape[1]], np.eye(w.shape[1])) and not w[w.shape[1]:].any()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_reader_agrees_with_litert(name):
     """Our flatbuffer reader sees the same ops and I/O shapes as LiteRT."""
