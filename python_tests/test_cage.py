@@ -32,7 +32,7 @@ from ig3d.convert.cage import (  # noqa: E402  (after the torch skip)
     read_cage_state_dict,
 )
 from ig3d.models.cage import CageNet  # noqa: E402
-from ig3d.models.maxvit import MaxViT, relative_position_index  # noqa: E402
+from ig3d.models.maxvit import MaxViT, PartitionAttention, relative_position_index  # noqa: E402
 
 KEYS_FILE = Path(__file__).resolve().parent / "data" / "maxvit_t_keys.txt"
 # Integer entries of a MaxViT state dict; everything else is float32.
@@ -282,6 +282,20 @@ def test_outputs_and_features(model, images, reference):
 
 # --------------------------------------------------------------------------------------------
 # ONNX.
+
+@pytest.mark.parametrize("grid", [7, 14, 28])
+def test_window_to_grid_through_channels_last(grid):
+    """The export's window -> grid hand-over (through a channels-last map) moves every value to
+    the same place as departition-then-partition through [B, C, H, W], and back."""
+    window, grid_att = PartitionAttention(32, "window", grid), PartitionAttention(32, "grid", grid)
+    t = torch.randn(2, (grid // 7) ** 2, 49, 32)
+    want = grid_att._partition(window._departition(t))
+    assert torch.equal(grid_att._from_hwc(window._to_hwc(t)), want)
+    assert torch.equal(window._to_hwc(t).permute(0, 3, 1, 2), window._departition(t))
+    assert torch.equal(grid_att._to_hwc(want).permute(0, 3, 1, 2), grid_att._departition(want))
+    if grid > 7:  # with one group, window and grid layouts coincide
+        assert not torch.equal(want, t)
+
 
 @pytest.fixture(scope="module")
 def onnx_session(model, tmp_path_factory):

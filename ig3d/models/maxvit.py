@@ -266,11 +266,32 @@ class PartitionAttention(nn.Module):
             x = x.permute(0, 5, 3, 1, 4, 2)
         return x.reshape(-1, c, self.grid, self.grid)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._partition(x)
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The two residual branches on the partitioned layout: [B, G, 49, C] -> same."""
         x = x + self.stochastic_dropout(self.attn_layer(x))
-        x = x + self.stochastic_dropout(self.mlp_layer(x))
-        return self._departition(x)
+        return x + self.stochastic_dropout(self.mlp_layer(x))
+
+    def _to_hwc(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, G, 49, C] -> [B, H, W, C], channels last (the map :meth:`_departition` gives, permuted)."""
+        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
+        x = x.reshape(-1, n, n, s, s, c)
+        if self.kind == "window":   # [B, wr, wc, r, c, C] -> [B, wr, r, wc, c, C]
+            x = x.permute(0, 1, 3, 2, 4, 5)
+        else:                       # [B, gr, gc, tr, tc, C] -> [B, tr, gr, tc, gc, C]
+            x = x.permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(-1, self.grid, self.grid, c)
+
+    def _from_hwc(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, C] -> [B, G, 49, C] (what :meth:`_partition` gives for the same map)."""
+        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
+        if self.kind == "window":
+            x = x.reshape(-1, n, s, n, s, c).permute(0, 1, 3, 2, 4, 5)
+        else:
+            x = x.reshape(-1, s, n, s, n, c).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(-1, n * n, s * s, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._departition(self.tokens(self._partition(x)))
 
 
 class MaxVitLayer(nn.Module):
@@ -286,6 +307,14 @@ class MaxVitLayer(nn.Module):
         ]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # The same data movement, cheaper for ONNX Runtime: from window to grid layout through a
+            # channels-last map, so both Transposes move whole C-vectors, instead of through
+            # [B, C, H, W] (two Transposes that gather single floats). Values are untouched.
+            layers = self.layers
+            window, grid = layers.window_attention, layers.grid_attention
+            x = window.tokens(window._partition(layers.MBconv(x)))
+            return grid._departition(grid.tokens(grid._from_hwc(window._to_hwc(x))))
         return self.layers(x)
 
 
