@@ -95,6 +95,32 @@ def test_per_face_workers_equal_one_batched_run(faces, single_results):
         ig3d.Predictor(threads=0)
 
 
+def test_one_face_runs_on_all_cores_with_the_same_numbers(predictor, faces):
+    # A call with one face runs the landmark model on a session of its own that uses every core
+    # (nothing else is left to run then); the numbers must be those of the per-face worker path.
+    pipe = predictor._pipeline
+    if pipe.landmarker_solo is None:
+        pytest.skip("one CPU core here: no multi-threaded landmark session")
+    img = load_image(faces / "astronaut.png")
+    solo, batches = pipe.landmarker_solo, []
+
+    class Spy:
+        def run(self, x):
+            batches.append(len(x))
+            return solo.run(x)
+
+    try:
+        pipe.landmarker_solo = Spy()
+        (with_solo,) = pipe.run([img])
+        pipe.landmarker_solo = None
+        (without,) = pipe.run([img])
+    finally:
+        pipe.landmarker_solo = solo
+    assert batches == [1] and len(with_solo) == len(without) == 1
+    np.testing.assert_array_equal(with_solo[0].landmarks, without[0].landmarks)
+    assert with_solo[0].blendshapes == without[0].blendshapes and with_solo[0].scores == without[0].scores
+
+
 def test_workers_keep_item_order():
     from ig3d.engines import Workers
 
