@@ -190,11 +190,18 @@ class DefaultPipeline:
         lbf = [Letterbox.fit(v.shape[:2], size) for v in views]
         return self.workers.start(self.det_full, views, self._letterboxer(size)), (lbf, owners, offsets)
 
+    @staticmethod
+    def _decode(pending, spec, letterboxes, **kw) -> List[detect.FaceDetections]:
+        """Detections per view, each run decoded as soon as it is done (while later runs go on)."""
+        out: List[detect.FaceDetections] = []
+        for start, part in pending.parts():
+            n = len(part["raw_boxes"])
+            out += detect.postprocess(part["raw_boxes"], part["raw_scores"], spec, letterboxes[start:start + n], **kw)
+        return out
+
     def _finish_full(self, pending, views, n_images: int) -> List[detect.FaceDetections]:
         lbf, owners, offsets = views
-        of = pending.result()
-        per_view = detect.postprocess(of["raw_boxes"], of["raw_scores"], detect.FULL_RANGE, lbf,
-                                      anchors=self._anchors_full)
+        per_view = self._decode(pending, detect.FULL_RANGE, lbf, anchors=self._anchors_full)
         full = []
         for i in range(n_images):
             idx = [k for k, o in enumerate(owners) if o == i]
@@ -209,13 +216,15 @@ class DefaultPipeline:
             full.append(detect.FaceDetections(fb, fs, fk))
         return full
 
-    def _detect_short(self, images) -> List[detect.FaceDetections]:
+    def _start_short(self, images):
         size = detect.SHORT_RANGE.input_size
         lbs = [Letterbox.fit(im.shape[:2], size) for im in images]
-        os_ = self.workers.run(self.det_short, list(images), self._letterboxer(size))
+        return self.workers.start(self.det_short, list(images), self._letterboxer(size)), lbs
+
+    def _finish_short(self, pending, lbs) -> List[detect.FaceDetections]:
         # the FaceLandmarker task's own thresholds (score 0.5, NMS 0.5)
-        return detect.postprocess(os_["raw_boxes"], os_["raw_scores"], detect.SHORT_RANGE, lbs,
-                                  anchors=self._anchors_short, min_score=0.5, iou_thresh=0.5)
+        return self._decode(pending, detect.SHORT_RANGE, lbs, anchors=self._anchors_short, min_score=0.5,
+                            iou_thresh=0.5)
 
     def _landmarks(self, images, dets: List[detect.FaceDetections]) -> _Faces:
         owner, boxes, scores, kps = _stack(dets)
@@ -240,9 +249,12 @@ class DefaultPipeline:
     def _faces(self, images) -> _Faces:
         """Every face with its landmark-model output: the full-range detections (small and
         distant faces), plus the short-range ones that overlap none of them (close-ups and
-        whole-frame faces, which the full-range model misses). Both detectors run at once."""
+        whole-frame faces, which the full-range model misses). Both detectors run at once; the
+        short-range runs (the cheaper ones) go first, and each run is decoded while the later
+        ones are still going."""
+        pending_short, lbs = self._start_short(images)
         pending_full, views = self._start_full(images)
-        short = self._detect_short(images)
+        short = self._finish_short(pending_short, lbs)
         full = self._finish_full(pending_full, views, len(images))
         return self._landmarks(images, [_cat_dets(f, _subset(s, _new_faces(f, s))) for f, s in zip(full, short)])
 

@@ -137,6 +137,12 @@ def test_workers_keep_item_order():
     out = seq.run(Echo(), list(items), prep=lambda part: np.asarray(part) + 1)
     np.testing.assert_array_equal(out["y"], (items + 1) * 2)
     np.testing.assert_array_equal(out["n"], 7)          # one batched run
+    # parts(): each run's outputs with the index of its first item, in order
+    parts = list(par.start(Echo(), items).parts())
+    assert [start for start, _ in parts] == list(range(7))
+    np.testing.assert_array_equal(np.concatenate([p["y"] for _, p in parts]), items * 2)
+    (whole,) = list(seq.start(Echo(), items).parts())
+    assert whole[0] == 0 and np.array_equal(whole[1]["y"], items * 2)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -138,6 +138,19 @@ class Pending:
     def __init__(self, futures=None, value: Optional[Dict[str, np.ndarray]] = None):
         self._futures, self._value = futures, value
 
+    def parts(self):
+        """Yield ``(start, outputs)`` for each run in input order as soon as it is done (one
+        part per item on CPU workers, the whole batch otherwise): the caller can work on the
+        first results while later runs are still going."""
+        if self._value is not None:
+            yield 0, self._value
+            return
+        start = 0
+        for f in self._futures:
+            part = f.result()
+            yield start, part
+            start += len(next(iter(part.values())))
+
     def result(self) -> Dict[str, np.ndarray]:
         if self._value is None:
             parts = [f.result() for f in self._futures]
