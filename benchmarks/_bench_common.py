@@ -51,6 +51,18 @@ def bench(fn: Callable[[], Any], *, min_time: float, repeats: int) -> float:
     return best
 
 
+def bench_interleaved(fns: Dict[str, Callable[[], Any]], *, min_time: float, repeats: int) -> Dict[str, float]:
+    """:func:`bench` for several functions whose times are compared, in rounds: each round times
+    every function once (about ``min_time / repeats`` each), and each keeps its fastest round. On a
+    shared machine whose speed drifts over minutes, a drift then hits both sides of a ratio alike
+    instead of whichever happened to be timed last."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            best[k] = min(best[k], bench(fn, min_time=min_time / repeats, repeats=1))
+    return best
+
+
 def cpu_name() -> str:
     """The processor's model name (Linux), else what platform reports."""
     try:

@@ -8,7 +8,8 @@ session given the whole batch in one run, for comparison. Also images/s against 
 network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
 matmuls are not counted, so for CAGE the limit is optimistic) over the sgemm rate measured on the
 same machine in the same run (a 2048x2048 float32 matmul in torch). Times: minimum over repeats of
-the mean of an inner loop (``--min-time``). Ends with one JSON line mapping
+the mean of an inner loop (``--min-time`` per side); the three sides are timed in alternating
+rounds, so that the machine's drift hits each alike. Ends with one JSON line mapping
 ``<encoder>_b1_speedup_vs_torch`` / ``<encoder>_b32_speedup_vs_torch`` to torch time / ONNX Runtime
 time.
 
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _bench_common import bench, cpu_name  # noqa: E402
+from _bench_common import bench, bench_interleaved, cpu_name  # noqa: E402
 
 
 def _encoders():
@@ -135,9 +136,10 @@ def main() -> None:
                     with torch.inference_mode():
                         model(x)
 
-                t_torch = bench(run_torch, min_time=min_time, repeats=repeats)
-                t_one = bench(lambda: ort_model.run(xn), min_time=min_time, repeats=repeats)
-                t_ort = bench(lambda: workers.run(ort_model, xn), min_time=min_time, repeats=repeats)
+                t = bench_interleaved({"torch": run_torch, "one": lambda: ort_model.run(xn),
+                                       "ig3d": lambda: workers.run(ort_model, xn)},
+                                      min_time=min_time, repeats=repeats)
+                t_torch, t_one, t_ort = t["torch"], t["one"], t["ig3d"]
                 limit = sgemm / flops
                 print(f"{name:8} {batch:5d} {flops / 1e9:9.2f} {batch / t_torch:11.1f} {batch / t_one:10.1f} "
                       f"{batch / t_ort:10.1f} {limit:11.1f} {batch / t_ort / limit:9.0%} {t_torch / t_ort:7.2f}x")
