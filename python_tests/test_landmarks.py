@@ -305,6 +305,31 @@ def test_warp_kernel_equals_numpy_reference():
     assert cases == 600
 
 
+def test_warp_kernel_vector_path_at_the_image_edges():
+    # Crops entirely inside the image run 8 pixels at a time (AVX2 where the CPU has it) with
+    # 4-byte loads per tap, unless a tap is the image's last pixel. Maps whose taps end on the
+    # last row / last column / last pixel, or just short of them, at every crop width mod 8 (the
+    # vector loop's tail), rotated and axis-aligned: identical bytes to the numpy reference.
+    rng = np.random.default_rng(5)
+    cases = 0
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(2, 90, 2))
+        img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        s = int(rng.integers(1, 41))
+        for end_x, end_y in ((w - 1.2, h - 1.2), (w - 1.2, h - 2.6), (w - 2.6, h - 1.2), (w - 2.6, h - 2.6)):
+            for ang in (0.0, float(rng.uniform(-0.05, 0.05))):
+                # minv: output (0, 0) -> (0.3, 0.3), output (s-1, s-1) -> about (end_x, end_y)
+                sx, sy = (end_x - 0.3) / max(s - 1, 1), (end_y - 0.3) / max(s - 1, 1)
+                c, sn = np.cos(ang), np.sin(ang)
+                minv = np.array([[sx * c, -sy * sn * 0.5, 0.3], [sx * sn * 0.5, sy * c, 0.3]])
+                m = np.linalg.inv(np.vstack([minv, [0, 0, 1]]))[:2][None]
+                for border in ("replicate", "zero"):
+                    np.testing.assert_array_equal(warp_crops(img, m, s, border=border, threads=1),
+                                                  _warp_crops_numpy(img, m, s, border=border))
+                    cases += 1
+    assert cases == 60 * 4 * 2 * 2
+
+
 def test_warp_kernel_equals_numpy_reference_on_a_photo():
     img = _load_photo("single_face.jpg")
     rois = Rois(np.array([[290.0, 250.0], [100.0, 500.0]]), np.array([[230.0, 230.0], [300.0, 260.0]]),

@@ -16,6 +16,11 @@
 #include <omp.h>
 #endif
 
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define IG3D_WARP_AVX2 1
+#include <immintrin.h>
+#endif
+
 namespace ig3d {
 
 int default_threads();
@@ -40,6 +45,8 @@ struct Plan {
   int64_t x_lo = 0, y_lo = 0, max_rx = 0, max_ry = 0;  // region origin; clamp limits for taps
   bool clip = false;
   bool all_inside = false;  // every tap of every output pixel is an image pixel
+  // all_inside, and no tap is the image's last pixel: 4-byte loads at any tap stay in the buffer
+  bool wide_loads = false;
 };
 
 Plan make_plan(const double* m, int64_t s, int64_t h, int64_t w) {
@@ -60,6 +67,7 @@ Plan make_plan(const double* m, int64_t s, int64_t h, int64_t w) {
     const int64_t shift = kSubBits + kFracBits;
     p.all_inside = (*xmin >> shift) >= 0 && (*xmax >> shift) + 1 < w && (*ymin >> shift) >= 0 &&
                    (*ymax >> shift) + 1 < h;
+    p.wide_loads = p.all_inside && ((*xmax >> shift) + 1 < w - 1 || (*ymax >> shift) + 1 < h - 1);
     return p;
   }
   // Hull of the four corner samples, widened by the bilinear footprint, clamped to the image
@@ -84,6 +92,7 @@ Plan make_plan(const double* m, int64_t s, int64_t h, int64_t w) {
   p.y_lo = y_lo;
   p.clip = !(x_lo >= 0 && y_lo >= 0 && x_hi < w && y_hi < h);
   p.all_inside = !p.clip;  // the region, which holds every tap, lies in the image
+  p.wide_loads = p.all_inside && (x_hi < w - 1 || y_hi < h - 1);
   p.max_rx = x_hi - x_lo - 1;  // taps rx and rx + 1 stay inside the region
   p.max_ry = y_hi - y_lo - 1;
   for (int64_t k = 0; k < s; ++k) {
@@ -120,11 +129,88 @@ inline void blend(const uint8_t* p00, const uint8_t* p01, const uint8_t* p10, co
   }
 }
 
+#ifdef IG3D_WARP_AVX2
+// The all-inside row, 8 output pixels at a time: the same integer arithmetic as the scalar loop
+// (fixed-point coordinates, integer weights, rounding shift, LUT), so the same bytes. Each tap is
+// one 4-byte gather (R, G, B and one byte of the next pixel, which is ignored); Plan::wide_loads
+// says such loads stay inside the image. Returns how many pixels it wrote (a multiple of 8).
+//
+// coords8: fixed-point coordinates (>= 0 on this path) >> kSubBits for 8 pixels, as int32.
+__attribute__((target("avx2"))) inline __m256i coords8(const __m256i off, const int64_t* col,
+                                                        const __m256i low_halves) {
+  const __m256i a = _mm256_srli_epi64(
+      _mm256_add_epi64(off, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col))), kSubBits);
+  const __m256i b = _mm256_srli_epi64(
+      _mm256_add_epi64(off, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + 4))), kSubBits);
+  return _mm256_set_m128i(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, low_halves)),
+                          _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(a, low_halves)));
+}
+
+__attribute__((target("avx2"))) int64_t warp_row_avx2(const Image& im, const Plan& p, int64_t i, int64_t s,
+                                                       const float* lut, float* o) {
+  const int64_t n8 = s & ~int64_t(7);
+  const __m256i off_x = _mm256_set1_epi64x(p.separable ? 0 : p.off_x[i]);
+  const __m256i off_y = _mm256_set1_epi64x(p.off_y[i]);
+  const __m256i x_lo = _mm256_set1_epi32(int32_t(p.x_lo)), y_lo = _mm256_set1_epi32(int32_t(p.y_lo));
+  const __m256i stride = _mm256_set1_epi32(int32_t(im.stride)), three = _mm256_set1_epi32(3);
+  const __m256i frac_mask = _mm256_set1_epi32(int32_t(kFrac - 1)), full = _mm256_set1_epi32(int32_t(kFrac));
+  const __m256i byte = _mm256_set1_epi32(0xFF), round = _mm256_set1_epi32(int32_t(kRound));
+  const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  const int* base = reinterpret_cast<const int*>(im.data);
+  alignas(32) float ch[3][8];
+  for (int64_t j = 0; j < n8; j += 8) {
+    const __m256i qx = coords8(off_x, p.col_x.data() + j, low_halves);
+    const __m256i qy = p.separable ? _mm256_set1_epi32(int32_t(p.off_y[i] >> kSubBits))
+                                   : coords8(off_y, p.col_y.data() + j, low_halves);
+    const __m256i x = _mm256_add_epi32(_mm256_srli_epi32(qx, kFracBits), x_lo);
+    const __m256i y = _mm256_add_epi32(_mm256_srli_epi32(qy, kFracBits), y_lo);
+    const __m256i ax = _mm256_and_si256(qx, frac_mask), ay = _mm256_and_si256(qy, frac_mask);
+    const __m256i bx = _mm256_sub_epi32(full, ax), by = _mm256_sub_epi32(full, ay);
+    const __m256i at = _mm256_add_epi32(_mm256_mullo_epi32(y, stride), _mm256_mullo_epi32(x, three));
+    const __m256i g00 = _mm256_i32gather_epi32(base, at, 1);
+    const __m256i g01 = _mm256_i32gather_epi32(base, _mm256_add_epi32(at, three), 1);
+    const __m256i below = _mm256_add_epi32(at, stride);
+    const __m256i g10 = _mm256_i32gather_epi32(base, below, 1);
+    const __m256i g11 = _mm256_i32gather_epi32(base, _mm256_add_epi32(below, three), 1);
+    for (int c = 0; c < 3; ++c) {
+      const __m128i sh = _mm_cvtsi32_si128(8 * c);
+      const __m256i top = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(_mm256_srl_epi32(g00, sh), byte), bx),
+                                           _mm256_mullo_epi32(_mm256_and_si256(_mm256_srl_epi32(g01, sh), byte), ax));
+      const __m256i bot = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_and_si256(_mm256_srl_epi32(g10, sh), byte), bx),
+                                           _mm256_mullo_epi32(_mm256_and_si256(_mm256_srl_epi32(g11, sh), byte), ax));
+      const __m256i v = _mm256_srli_epi32(
+          _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(top, by), _mm256_mullo_epi32(bot, ay)), round),
+          2 * kFracBits);
+      _mm256_store_ps(ch[c], _mm256_i32gather_ps(lut, v, 4));
+    }
+    for (int k = 0; k < 8; ++k, o += 3) {
+      o[0] = ch[0][k];
+      o[1] = ch[1][k];
+      o[2] = ch[2][k];
+    }
+  }
+  return n8;
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
 void warp_row(const Image& im, const Plan& p, int64_t i, int64_t s, const float* lut, float* o) {
   static const uint8_t black[3] = {0, 0, 0};
   if (p.all_inside) {  // no bounds checks
     const int64_t st = im.stride;
-    for (int64_t j = 0; j < s; ++j, o += 3) {
+    int64_t j = 0;
+#ifdef IG3D_WARP_AVX2
+    // int32 byte offsets: the image must be under 2 GiB
+    if (p.wide_loads && im.h * st < (int64_t(1) << 31) && have_avx2()) {
+      j = warp_row_avx2(im, p, i, s, lut, o);
+      o += 3 * j;
+    }
+#endif
+    for (; j < s; ++j, o += 3) {
       int64_t qx, qy;
       if (p.separable) {
         qx = p.col_x[j] >> kSubBits;

@@ -347,7 +347,8 @@ def warp_crops(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
     ``warpPerspective(INTER_LINEAR)`` on the uint8 image: coordinates rounded to 1/32 pixel,
     integer weights, result rounded to uint8 (details in :func:`_warp_crops_numpy`, the numpy
     reference this C++ kernel equals byte for byte). All crops of one call run in one
-    multi-threaded C++ call without the GIL: about 0.5 ms for a 256 x 256 crop on 2 cores.
+    multi-threaded C++ call without the GIL, 8 pixels at a time with AVX2 where the crop lies
+    inside the image: about 0.55 ms for a rotated 256 x 256 face crop on one core, 0.3 ms on 2.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
