@@ -290,9 +290,12 @@ def test_window_to_grid_through_channels_last(grid):
     window, grid_att = PartitionAttention(32, "window", grid), PartitionAttention(32, "grid", grid)
     t = torch.randn(2, (grid // 7) ** 2, 49, 32)
     want = grid_att._partition(window._departition(t))
-    assert torch.equal(grid_att._from_hwc(window._to_hwc(t)), want)
-    assert torch.equal(window._to_hwc(t).permute(0, 3, 1, 2), window._departition(t))
-    assert torch.equal(grid_att._to_hwc(want).permute(0, 3, 1, 2), grid_att._departition(want))
+    assert torch.equal(grid_att._partition(window._departition(t, True), True), want)
+    for att, tok in ((window, t), (grid_att, want)):
+        nchw = att._departition(tok)
+        assert torch.equal(att._departition(tok, True).permute(0, 3, 1, 2), nchw)
+        assert torch.equal(att._partition(nchw), tok)
+        assert torch.equal(att._partition(nchw.permute(0, 2, 3, 1), True), tok)
     if grid > 7:  # with one group, window and grid layouts coincide
         assert not torch.equal(want, t)
 

@@ -247,48 +247,38 @@ class PartitionAttention(nn.Module):
             nn.LayerNorm(dim), nn.Linear(dim, dim * MLP_RATIO), nn.GELU(), nn.Linear(dim * MLP_RATIO, dim))
         self.stochastic_dropout = StochasticDepth(p_stochastic)
 
-    def _partition(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, G, 49, C]."""
-        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
-        if self.kind == "window":   # h = (window row) * 7 + (row in window)
-            x = x.reshape(-1, c, n, s, n, s).permute(0, 2, 4, 3, 5, 1)
-        else:                       # h = (token row) * n + (group row)
-            x = x.reshape(-1, c, s, n, s, n).permute(0, 3, 5, 2, 4, 1)
-        return x.reshape(-1, n * n, s * s, c)
+    # How H (and W) split for each kind: window: h = (window row) * 7 + (row in window);
+    # grid: h = (token row) * n + (group row). Permutations from the split map to the
+    # partitioned layout [B, G rows, G cols, P rows, P cols, C], from [B, C, ...] or [B, ..., C].
+    _PARTITION = {"window": ((0, 2, 4, 3, 5, 1), (0, 1, 3, 2, 4, 5)),
+                  "grid": ((0, 3, 5, 2, 4, 1), (0, 2, 4, 1, 3, 5))}
+    # and back, to [B, C, ...] or [B, ..., C]
+    _DEPARTITION = {"window": ((0, 5, 1, 3, 2, 4), (0, 1, 3, 2, 4, 5)),
+                    "grid": ((0, 5, 3, 1, 4, 2), (0, 3, 1, 4, 2, 5))}
 
-    def _departition(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, G, 49, C] -> [B, C, H, W] (inverse of :meth:`_partition`)."""
+    def _split(self) -> Tuple[int, int]:
+        """H = a * b: (windows, rows in a window) or (tokens, groups) along one side."""
+        s, n = PARTITION_SIZE, self.grid // PARTITION_SIZE
+        return (n, s) if self.kind == "window" else (s, n)
+
+    def _partition(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """[B, C, H, W] (or [B, H, W, C] with ``channels_last``) -> [B, G, 49, C]."""
+        a, b = self._split()
+        c, g = self.dim, (self.grid // PARTITION_SIZE) ** 2
+        x = x.reshape(-1, a, b, a, b, c) if channels_last else x.reshape(-1, c, a, b, a, b)
+        return x.permute(*self._PARTITION[self.kind][channels_last]).reshape(-1, g, PARTITION_SIZE ** 2, c)
+
+    def _departition(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """[B, G, 49, C] -> [B, C, H, W] (or [B, H, W, C] with ``channels_last``): the inverse of
+        :meth:`_partition`."""
         s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
-        x = x.reshape(-1, n, n, s, s, c)
-        if self.kind == "window":   # [B, wr, wc, r, c, C] -> [B, C, wr, r, wc, c]
-            x = x.permute(0, 5, 1, 3, 2, 4)
-        else:                       # [B, gr, gc, tr, tc, C] -> [B, C, tr, gr, tc, gc]
-            x = x.permute(0, 5, 3, 1, 4, 2)
-        return x.reshape(-1, c, self.grid, self.grid)
+        x = x.reshape(-1, n, n, s, s, c).permute(*self._DEPARTITION[self.kind][channels_last])
+        return x.reshape(-1, self.grid, self.grid, c) if channels_last else x.reshape(-1, c, self.grid, self.grid)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The two residual branches on the partitioned layout: [B, G, 49, C] -> same."""
         x = x + self.stochastic_dropout(self.attn_layer(x))
         return x + self.stochastic_dropout(self.mlp_layer(x))
-
-    def _to_hwc(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, G, 49, C] -> [B, H, W, C], channels last (the map :meth:`_departition` gives, permuted)."""
-        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
-        x = x.reshape(-1, n, n, s, s, c)
-        if self.kind == "window":   # [B, wr, wc, r, c, C] -> [B, wr, r, wc, c, C]
-            x = x.permute(0, 1, 3, 2, 4, 5)
-        else:                       # [B, gr, gc, tr, tc, C] -> [B, tr, gr, tc, gc, C]
-            x = x.permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(-1, self.grid, self.grid, c)
-
-    def _from_hwc(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, C] -> [B, G, 49, C] (what :meth:`_partition` gives for the same map)."""
-        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
-        if self.kind == "window":
-            x = x.reshape(-1, n, s, n, s, c).permute(0, 1, 3, 2, 4, 5)
-        else:
-            x = x.reshape(-1, s, n, s, n, c).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(-1, n * n, s * s, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._departition(self.tokens(self._partition(x)))
@@ -314,7 +304,7 @@ class MaxVitLayer(nn.Module):
             layers = self.layers
             window, grid = layers.window_attention, layers.grid_attention
             x = window.tokens(window._partition(layers.MBconv(x)))
-            return grid._departition(grid.tokens(grid._from_hwc(window._to_hwc(x))))
+            return grid._departition(grid.tokens(grid._partition(window._departition(x, True), True)))
         return self.layers(x)
 
 
