@@ -48,13 +48,19 @@ def _check(model, rewrite, x_shape, batch=2, tol=1e-5):
     return after_model
 
 
-def test_expand_prelu():
-    slope = RNG.uniform(-0.5, 1.5, (6, 1, 1))
+@pytest.mark.parametrize("hi", [1.0, 1.5])
+def test_expand_prelu(hi):
+    # slopes up to 1: Relu(Mul(x, 1 - a)) + a x; any slope above 1: Mul(Relu(x), 1 - a) + a x
+    slope = RNG.uniform(-0.5, hi, (6, 1, 1))
+    slope[0] = hi
     m = _model([helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
                 helper.make_node("PRelu", ["c", "slope"], ["y"])], [4, 9, 9],
                [("w", RNG.standard_normal((6, 4, 3, 3))), ("slope", slope)])
-    out = _check(m, expand_prelu, [4, 9, 9])
-    assert "PRelu" not in _ops(out) and _ops(out).count("Relu") == 1
+    out = _check(m, expand_prelu, [4, 9, 9], tol=1e-6)
+    ops = _ops(out)
+    assert "PRelu" not in ops and ops.count("Relu") == 1
+    relu_first = ops.index("Relu") < ops.index("Mul")
+    assert relu_first == (hi > 1)
 
 
 def _mixed(kernels, splits, stride=1, bias_on=None, dilation_on=None):

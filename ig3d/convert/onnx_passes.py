@@ -9,7 +9,10 @@ __all__ = ["expand_prelu", "merge_mixed_depthwise", "spatial_means_as_conv"]
 
 def expand_prelu(model):
     """Rewrite every ``PRelu(x, slope)`` whose slope is an initializer as
-    ``Add(Mul(Relu(x), 1 - slope), Mul(x, slope))``.
+    ``Add(Mul(Relu(x), 1 - slope), Mul(x, slope))``, or, when every slope is at most 1, as
+    ``Add(Relu(Mul(x, 1 - slope)), Mul(x, slope))`` (the same numbers: a non-negative factor
+    commutes with Relu), which ONNX Runtime runs as a 1x1 depthwise conv with the Relu fused in,
+    one pass over ``x`` fewer (DDAMFN++: 5-8 %).
 
     Slopes that are initializers (possibly behind Identity nodes) are rewritten; others are kept.
     Why: ONNX Runtime's PRelu kernel is a generic broadcast and is not layout-aware, so around
@@ -41,9 +44,13 @@ def expand_prelu(model):
         one_minus = f"{slope_name}__one_minus_{n_new}"
         g.initializer.append(numpy_helper.from_array((1.0 - slope.astype(np.float64)).astype(np.float32), one_minus))
         base = f"{node.name or y}__prelu{n_new}"
-        nodes += [
-            helper.make_node("Relu", [x], [base + "_relu"], name=base + "_relu"),
-            helper.make_node("Mul", [base + "_relu", one_minus], [base + "_pos"], name=base + "_pos"),
+        if (slope <= 1).all():  # Relu(Mul(x, 1 - slope)): the same numbers, one pass fewer in ORT
+            pos = [helper.make_node("Mul", [x, one_minus], [base + "_scaled"], name=base + "_scaled"),
+                   helper.make_node("Relu", [base + "_scaled"], [base + "_pos"], name=base + "_pos")]
+        else:
+            pos = [helper.make_node("Relu", [x], [base + "_relu"], name=base + "_relu"),
+                   helper.make_node("Mul", [base + "_relu", one_minus], [base + "_pos"], name=base + "_pos")]
+        nodes += pos + [
             helper.make_node("Mul", [x, slope_name], [base + "_lin"], name=base + "_lin"),
             helper.make_node("Add", [base + "_pos", base + "_lin"], [y], name=base + "_add"),
         ]
