@@ -177,6 +177,39 @@ def test_workers_survive_fork():
     assert got == b"1", "the forked child did not get its results within 30 s"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_predictor_survives_fork(predictor, faces):
+    # The same with a real Predictor, after the parent has run it (ONNX Runtime thread pools and
+    # the C++ kernels' OpenMP team exist in the parent only): the child predicts, it does not hang.
+    from ig3d.faces.landmarks import warp_crops
+
+    img = load_image(faces / "astronaut.png")
+    assert predictor.predict(img)[0].label == "happy"
+    warp_crops(img, np.eye(2, 3)[None], 256, threads=2)  # an OpenMP team in the parent
+    r, wfd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child
+        ok = False
+        try:
+            one = predictor.predict(img)
+            two = predictor.predict_batch([img, img])
+            crop = warp_crops(img, np.eye(2, 3)[None], 256, threads=2)
+            ok = (one[0].label == "happy" and [len(b) for b in two] == [1, 1]
+                  and np.array_equal(two[0][0].landmarks, one[0].landmarks) and crop.shape == (1, 256, 256, 3))
+        finally:
+            os.write(wfd, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(wfd)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 60)
+    got = os.read(r, 1) if ready else b""
+    os.waitpid(pid, 0) if ready else os.kill(pid, 9)
+    assert got == b"1", "the forked child did not predict within 60 s"
+
+
 def test_result_fields_and_json(single_results):
     (face,) = single_results["astronaut.png"]
     assert face.landmarks.shape == (478, 3)

@@ -11,6 +11,12 @@
 #include "ig3d/cpu_kernels.h"
 #include "ig3d/head.h"
 
+#ifdef _WIN32
+#include <process.h>
+#else
+#include <unistd.h>
+#endif
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -81,6 +87,22 @@ void force_cpu_isa(const std::string& name) {
 
 namespace {
 std::atomic<int> g_threads{0};
+// The process whose OpenMP runtime has a thread team. GNU libgomp's team does not survive fork():
+// a child that starts a parallel region of its own waits forever for threads that exist only in
+// the parent. A forked child therefore runs ig3d's kernels on its calling thread.
+std::atomic<long> g_team_pid{0};
+}
+
+int team_threads(int requested) {
+  if (requested <= 1) return 1;
+#ifdef _WIN32
+  const long pid = long(_getpid());
+#else
+  const long pid = long(getpid());
+#endif
+  long owner = 0;
+  g_team_pid.compare_exchange_strong(owner, pid);  // the first process to ask owns the team
+  return g_team_pid.load() == pid ? requested : 1;
 }
 
 int default_threads() {
@@ -269,7 +291,7 @@ void Head::forward_cpu(const float* params3d, const float* scores2d, const float
   float* sc = scratch.data();
   float* fu = fused.data();
 
-  int nt = threads > 0 ? threads : default_threads();
+  int nt = team_threads(threads > 0 ? threads : default_threads());
   // A fork/join costs a few microseconds: not worth it for small heads at small batches.
   if (B * macs_per_row_ < (int64_t{1} << 18)) nt = 1;
   const int RG = std::max(1, 64 / isa_->mr) * isa_->mr;  // rows per task: whole register tiles

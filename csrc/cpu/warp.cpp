@@ -24,6 +24,7 @@
 namespace ig3d {
 
 int default_threads();
+int team_threads(int requested);  // ig3d/head.h
 
 namespace {
 
@@ -266,7 +267,8 @@ void warp_affine_u8(const uint8_t* image, int64_t h, int64_t w, int64_t row_stri
   const Image im{image, h, w, row_stride, zero_border};
   const int64_t rows = n * s;
 #ifdef _OPENMP
-  const int nt = int(std::min<int64_t>(threads > 0 ? threads : default_threads(), std::max<int64_t>(1, rows / 16)));
+  const int nt = team_threads(
+      int(std::min<int64_t>(threads > 0 ? threads : default_threads(), std::max<int64_t>(1, rows / 16))));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
   for (int64_t r = 0; r < rows; ++r) {

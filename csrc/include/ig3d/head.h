@@ -102,6 +102,9 @@ std::vector<std::string> supported_cpu_isas();
 void force_cpu_isa(const std::string& name);  // throws std::invalid_argument if unsupported
 int default_threads();
 void set_default_threads(int n);
+// How many threads a kernel may start for `requested`: 1 in a process forked from one whose
+// OpenMP runtime already has a thread team (libgomp's team does not survive fork()).
+int team_threads(int requested);
 bool cuda_compiled();
 int cuda_device_count(std::string* error);
 
