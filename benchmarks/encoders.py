@@ -2,9 +2,11 @@
 
 For each encoder (randomly initialised, same weights on both sides; the timing does not depend on
 the values) at batch 1 and 32: torch eager in ``inference_mode`` and the ONNX file ig3d exports,
-run the way the Ig3D presets run it: ig3d's session settings, and on the CPU one run per image spread
-over worker threads (``ig3d.engines.Workers``, one per core). The column "ORT 1 run" is the same
-session given the whole batch in one run, for comparison. Also images/s against a practical limit: the
+run the way the Ig3D presets run it (``ig3d.engines.PerCoreModel``): ig3d's session settings, a lone
+image on a session that uses every core, a batch on the CPU as one run per image spread over worker
+threads (``ig3d.engines.Workers``, one per core; single-threaded runs from a second session for files
+up to 64 MB). The column "ORT 1 run" is the all-cores session given the whole batch in one run, for
+comparison. Also images/s against a practical limit: the
 network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
 matmuls are not counted, so for CAGE the limit is optimistic) over the sgemm rate measured on the
 same machine in the same run (a 2048x2048 float32 matmul in torch, the best of one measurement
@@ -101,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from ig3d.engines import OnnxModel, Workers, usable_cores
+    from ig3d.engines import PerCoreModel, Workers, usable_cores
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -131,7 +133,7 @@ def main() -> None:
             flops = count_flops(model, torch.randn(1, *shape))
             path = os.path.join(tmp, f"{name}.onnx")
             export(model, path)
-            ort_model = OnnxModel(path, name=name)
+            enc = PerCoreModel(path, workers=workers, name=name)  # as the Ig3D presets hold it
             for batch in (1, 32):
                 x = torch.randn(batch, *shape)
                 xn = x.numpy()
@@ -141,8 +143,8 @@ def main() -> None:
                     with torch.inference_mode():
                         model(x)
 
-                t = bench_interleaved({"torch": run_torch, "one": lambda: ort_model.run(xn),
-                                       "ig3d": lambda: workers.run(ort_model, xn)},
+                t = bench_interleaved({"torch": run_torch, "one": lambda: enc.all_cores.run(xn),
+                                       "ig3d": lambda: workers.run(enc.for_items(len(xn)), xn)},
                                       min_time=min_time, repeats=repeats)
                 rows.append((name, batch, flops, t["torch"], t["one"], t["ig3d"]))
                 result[f"{name}_b{batch}_speedup_vs_torch"] = round(t["torch"] / t["ig3d"], 3)

@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .engines import OnnxModel
+from .engines import PerCoreModel
 from .faces import align
 from .fusion import FusedHead
 from .hub import HOW_TO_GET, weights_dir
@@ -89,8 +89,19 @@ class Ig3DPipeline:
         self.enc3d_name, self.enc2d_name, self.d_raw = IG3D_PRESETS[preset]
         found = _resolve(preset, weights)
 
+        if faces_pipeline is None:
+            from .presets import DefaultPipeline
+
+            faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads)
+        self.faces = faces_pipeline  # detectors and landmarks are the default preset's
+        #: the default preset's workers run the encoders too: on the CPU one run per face, spread
+        #: over the cores (measured 1.25-1.35x the images/s of one batched run of 32 for DDAMFN++
+        #: and CAGE on 2 cores); a lone face runs on every core (see PerCoreModel)
+        self.workers = faces_pipeline.workers
+
         def model(part):
-            return OnnxModel(found[part], backend=backend, device=device, threads=threads, name=part)
+            return PerCoreModel(found[part], workers=self.workers, backend=backend, device=device,
+                                threads=threads, name=part)
 
         self.enc3d = model(self.enc3d_name)
         self.enc2d = model(self.enc2d_name)
@@ -110,16 +121,6 @@ class Ig3DPipeline:
         self.labels = tuple(self.head.labels) if self.head.labels else (
             AFFECTNET8_LABELS if C == 8 else AFFECTNET7_LABELS if C == 7 else tuple(f"class{i}" for i in range(C)))
         self.head_device = head_device
-        if faces_pipeline is None:
-            from .presets import DefaultPipeline
-
-            faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads)
-        self.faces = faces_pipeline  # detectors and landmarks are the default preset's
-        #: the default preset's workers run the encoders too: on the CPU one run per face, spread
-        #: over the cores (measured 1.25-1.35x the images/s of one batched run of 32 for DDAMFN++
-        #: and CAGE on 2 cores), each on ``threads`` intra-op threads so that a single face still
-        #: uses every core
-        self.workers = faces_pipeline.workers
 
     def _crops(self, images: Sequence[np.ndarray], owner: np.ndarray, lm: np.ndarray, encoder: str,
                threads: int = 0) -> np.ndarray:
@@ -163,8 +164,9 @@ class Ig3DPipeline:
         lm = np.stack([f.landmarks for _, f in flat])
 
         items = list(zip(owner, lm))
-        pending3d = self.workers.start(self.enc3d, items, self._cropper(images, self.enc3d_name))
-        out2d = self.workers.run(self.enc2d, items, self._cropper(images, self.enc2d_name))
+        n = len(items)
+        pending3d = self.workers.start(self.enc3d.for_items(n), items, self._cropper(images, self.enc3d_name))
+        out2d = self.workers.run(self.enc2d.for_items(n), items, self._cropper(images, self.enc2d_name))
         out3d = pending3d.result()
         params = out3d["params_full"].astype(np.float32)
         scores2d_raw = out2d[_SCORES[self.enc2d_name]].astype(np.float32)

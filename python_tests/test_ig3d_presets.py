@@ -88,6 +88,9 @@ def test_preset_is_deterministic_and_batch_equals_single(late_predictor, faces):
     np.testing.assert_array_equal(again[0].params3d, single[0][0].params3d)
     batch = late_predictor.predict_batch([faces / n for n in names])
     assert [len(b) for b in batch] == [1, 5, 0] == [len(s) for s in single]
+    pipe = late_predictor._pipeline
+    if pipe.workers.parallel:  # lone faces ran on the all-cores sessions, these batches on the one-core ones
+        assert pipe.enc3d.one_core is not pipe.enc3d.all_cores and pipe.enc2d.one_core is not pipe.enc2d.all_cores
     for b, s in zip(batch, single):
         for fb, fs in zip(b, s):
             np.testing.assert_allclose(fb.params3d, fs.params3d, rtol=1e-4, atol=1e-4)

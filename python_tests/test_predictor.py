@@ -145,6 +145,27 @@ def test_workers_keep_item_order():
     assert whole[0] == 0 and np.array_equal(whole[1]["y"], items * 2)
 
 
+def test_per_core_model_sessions(monkeypatch):
+    # A lone item runs on the all-cores session; a batch from the single-threaded one (small files
+    # on parallel CPU workers only); both give the same numbers.
+    from ig3d import engines
+    from ig3d.presets import asset_path
+
+    path = asset_path("fer_mini_xception.onnx")
+    par, seq = engines.Workers(2), engines.Workers(1)
+    enc = engines.PerCoreModel(path, workers=par)
+    assert enc.one_core is not enc.all_cores and enc.for_items(1) is enc.all_cores and enc.for_items(3) is enc.one_core
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 64, 64, 1)).astype(np.float32)
+    a = par.run(enc.for_items(3), x)["logits"]
+    b = np.concatenate([enc.all_cores.run(x[i:i + 1])["logits"] for i in range(3)])
+    np.testing.assert_array_equal(a, b)
+    one = engines.PerCoreModel(path, workers=seq)
+    assert one.one_core is one.all_cores                      # no parallel workers: one session
+    monkeypatch.setattr(engines, "PER_CORE_MAX_BYTES", 1000)
+    big = engines.PerCoreModel(path, workers=par)
+    assert big.one_core is big.all_cores                      # a big file is not held twice
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_workers_survive_fork():
     # A robot app may build its Predictor, then fork worker processes: the child must not wait
