@@ -166,6 +166,29 @@ def test_per_core_model_sessions(monkeypatch):
     assert big.one_core is big.all_cores                      # a big file is not held twice
 
 
+def _in_forked_child(check, timeout: float) -> bool:
+    """Fork; the child runs ``check()`` and reports; True when it said True within ``timeout`` s
+    (a child that hangs is killed)."""
+    import select
+
+    r, wfd = os.pipe()
+    with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child
+        ok = False
+        try:
+            ok = bool(check())
+        finally:
+            os.write(wfd, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(wfd)
+    ready, _, _ = select.select([r], [], [], timeout)
+    got = os.read(r, 1) if ready else b""
+    os.waitpid(pid, 0) if ready else os.kill(pid, 9)
+    return got == b"1"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_workers_survive_fork():
     # A robot app may build its Predictor, then fork worker processes: the child must not wait
@@ -178,24 +201,8 @@ def test_workers_survive_fork():
 
     w = Workers(2)
     np.testing.assert_array_equal(w.run(Echo(), np.arange(3.0))["y"], [1, 2, 3])
-    r, wfd = os.pipe()
-    with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child
-        ok = False
-        try:
-            ok = list(w.run(Echo(), np.arange(4.0))["y"]) == [1, 2, 3, 4]
-        finally:
-            os.write(wfd, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(wfd)
-    import select
-
-    ready, _, _ = select.select([r], [], [], 30)
-    got = os.read(r, 1) if ready else b""
-    os.waitpid(pid, 0) if ready else os.kill(pid, 9)
-    assert got == b"1", "the forked child did not get its results within 30 s"
+    assert _in_forked_child(lambda: list(w.run(Echo(), np.arange(4.0))["y"]) == [1, 2, 3, 4], 30), \
+        "the forked child did not get its results within 30 s"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -207,28 +214,15 @@ def test_predictor_survives_fork(predictor, faces):
     img = load_image(faces / "astronaut.png")
     assert predictor.predict(img)[0].label == "happy"
     warp_crops(img, np.eye(2, 3)[None], 256, threads=2)  # an OpenMP team in the parent
-    r, wfd = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child
-        ok = False
-        try:
-            one = predictor.predict(img)
-            two = predictor.predict_batch([img, img])
-            crop = warp_crops(img, np.eye(2, 3)[None], 256, threads=2)
-            ok = (one[0].label == "happy" and [len(b) for b in two] == [1, 1]
-                  and np.array_equal(two[0][0].landmarks, one[0].landmarks) and crop.shape == (1, 256, 256, 3))
-        finally:
-            os.write(wfd, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(wfd)
-    import select
 
-    ready, _, _ = select.select([r], [], [], 60)
-    got = os.read(r, 1) if ready else b""
-    os.waitpid(pid, 0) if ready else os.kill(pid, 9)
-    assert got == b"1", "the forked child did not predict within 60 s"
+    def child():
+        one = predictor.predict(img)
+        two = predictor.predict_batch([img, img])
+        crop = warp_crops(img, np.eye(2, 3)[None], 256, threads=2)
+        return (one[0].label == "happy" and [len(b) for b in two] == [1, 1]
+                and np.array_equal(two[0][0].landmarks, one[0].landmarks) and crop.shape == (1, 256, 256, 3))
+
+    assert _in_forked_child(child, 60), "the forked child did not predict within 60 s"
 
 
 def test_result_fields_and_json(single_results):
