@@ -17,7 +17,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from . import prior
-from .engines import OnnxModel, Workers, usable_cores
+from .engines import OnnxModel, PerCoreModel, Workers, usable_cores
 from .faces import detect, landmarks as lmk, pose
 from .faces.detect import Letterbox
 from .faces.mediapipe_constants import BLENDSHAPE_NAMES, LANDMARK_MIN_PRESENCE
@@ -120,7 +120,7 @@ class DefaultPipeline:
     short-range detector with the FaceLandmarker task's thresholds (close-ups and whole-frame
     faces). On the CPU every face (and every detector view) is its own single-threaded run,
     spread over the cores together with its crop (:class:`ig3d.engines.Workers`), except that a
-    call's only face runs the landmark model on all cores (``landmarker_solo``, same numbers);
+    call's only face runs the landmark model on all cores (:class:`ig3d.engines.PerCoreModel`);
     on a GPU each network gets one batched run per call.
     """
 
@@ -141,13 +141,11 @@ class DefaultPipeline:
 
         self.det_full = model("face_detector_full.onnx")
         self.det_short = model("face_detector_short.onnx")
-        self.landmarker = model("face_landmarks.onnx")
-        #: CPU, several cores: the landmark model again, on all of them, for a call with one face,
-        #: where it would otherwise run alone on one core (the batch-1 critical path: 10.6 -> 8.4
-        #: ms measured on 2 cores). Outputs equal the single-threaded session's (same kernels).
-        self.landmarker_solo = (OnnxModel(asset_path("face_landmarks.onnx"), backend=backend, device=device,
-                                          threads=self.workers.n, name="face_landmarks.onnx", spin=True)
-                                if cpu and self.workers.parallel else None)
+        #: a call's only face runs the landmark model on every core (nothing else is left to run
+        #: then: the batch-1 critical path, 10.6 -> 8.4 ms on 2 cores), several faces one per core
+        self.landmarker = PerCoreModel(asset_path("face_landmarks.onnx"), workers=self.workers, backend=backend,
+                                       device=device, threads=self.workers.n if cpu else threads,
+                                       name="face_landmarks.onnx", spin=True)
         self.blendshaper = model("face_blendshapes.onnx")
         self.fer = model("fer_mini_xception.onnx")
         self.head = head if head is not None else prior.default_head()
@@ -232,15 +230,12 @@ class DefaultPipeline:
         if owner.size == 0:
             return _Faces(owner, scores, Minv, np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32))
         items = list(zip(owner, M))
-        if len(items) == 1 and self.landmarker_solo is not None:
-            out = self.landmarker_solo.run(self._cropper(images, 256, threads=0)(items))
-        else:
-            out = self.workers.run(self.landmarker, items, self._cropper(images, 256))
+        out = self.workers.run(self.landmarker.for_items(len(items)), items, self._cropper(images, 256))
         return _Faces(owner, scores, Minv, out["landmarks"], out["presence"].reshape(-1))
 
-    def _cropper(self, images, size: int, threads: Optional[int] = None):
+    def _cropper(self, images, size: int):
         """prep for a model whose input is a crop per face: items are (image index, M)."""
-        t = self._threads() if threads is None else threads
+        t = self._threads()
 
         def prep(items):
             return np.concatenate([lmk.warp_crops(images[i], m, size, threads=t) for i, m in items])

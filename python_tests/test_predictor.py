@@ -96,29 +96,29 @@ def test_per_face_workers_equal_one_batched_run(faces, single_results):
 
 
 def test_one_face_runs_on_all_cores_with_the_same_numbers(predictor, faces):
-    # A call with one face runs the landmark model on a session of its own that uses every core
-    # (nothing else is left to run then); the numbers must be those of the per-face worker path.
-    pipe = predictor._pipeline
-    if pipe.landmarker_solo is None:
+    # A call with one face runs the landmark model on the all-cores session (nothing else is left
+    # to run then); the numbers must be those of the single-threaded per-face session.
+    lm = predictor._pipeline.landmarker
+    if lm.one_core is lm.all_cores:
         pytest.skip("one CPU core here: no multi-threaded landmark session")
     img = load_image(faces / "astronaut.png")
-    solo, batches = pipe.landmarker_solo, []
+    all_cores, batches = lm.all_cores, []
 
     class Spy:
         def run(self, x):
             batches.append(len(x))
-            return solo.run(x)
+            return all_cores.run(x)
 
     try:
-        pipe.landmarker_solo = Spy()
-        (with_solo,) = pipe.run([img])
-        pipe.landmarker_solo = None
-        (without,) = pipe.run([img])
+        lm.all_cores = Spy()
+        (with_all,) = predictor._pipeline.run([img])
+        lm.all_cores = lm.one_core
+        (one_core,) = predictor._pipeline.run([img])
     finally:
-        pipe.landmarker_solo = solo
-    assert batches == [1] and len(with_solo) == len(without) == 1
-    np.testing.assert_array_equal(with_solo[0].landmarks, without[0].landmarks)
-    assert with_solo[0].blendshapes == without[0].blendshapes and with_solo[0].scores == without[0].scores
+        lm.all_cores = all_cores
+    assert batches == [1] and len(with_all) == len(one_core) == 1
+    np.testing.assert_array_equal(with_all[0].landmarks, one_core[0].landmarks)
+    assert with_all[0].blendshapes == one_core[0].blendshapes and with_all[0].scores == one_core[0].scores
 
 
 def test_workers_keep_item_order():

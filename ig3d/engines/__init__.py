@@ -88,9 +88,8 @@ class OnnxModel:
         # A pipeline runs several small sessions back to back: threads that keep spinning after
         # one session's run steal the cores from the next (measured: 74 ms -> 22 ms for the
         # default preset's five models on 2 cores with spinning off).
-        # ``spin``: for a session that runs alone on several threads (nothing else is waiting for
-        # the cores), its threads spin between operators during a run and stop when it ends (the
-        # default landmark model on 2 threads: 10.6 -> 8.4 ms per face; measured).
+        # ``spin``: threads spin between operators during a run and stop when it ends, for a
+        # session that runs alone on several threads (see PerCoreModel).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if spin:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
@@ -135,24 +134,26 @@ class PerCoreModel:
     on 2 cores with batches of 8, DDAMFN++ 52 -> 68 img/s, SMIRK 66 -> 73, EMOCA 5.6 -> 6.6).
     The second session holds the weights again, so it exists only for files up to
     :data:`PER_CORE_MAX_BYTES`, and only when ``workers`` runs in parallel on the CPU; otherwise
-    both roles are the same session. Both give the same numbers (same kernels, one per item)."""
+    both roles are the same session. Both give the same numbers (same kernels, one per item).
+
+    ``spin``: the all-cores session's threads spin between operators during a run and stop at its
+    end, for a model whose lone run has the cores to itself (the default preset's landmark model:
+    10.6 -> 8.4 ms per face on 2 cores). Not for the Ig3D encoders, whose 3D and 2D runs of a lone
+    face go at the same time."""
 
     def __init__(self, model: Union[str, os.PathLike, bytes], *, workers: "Workers", backend: str = "onnxruntime",
-                 device: str = "cpu", threads: Optional[int] = None, name: str = ""):
-        self.all_cores = OnnxModel(model, backend=backend, device=device, threads=threads, name=name)
+                 device: str = "cpu", threads: Optional[int] = None, name: str = "", spin: bool = False):
         small = (len(model) if isinstance(model, bytes) else os.path.getsize(model)) <= PER_CORE_MAX_BYTES
-        cpu = backend == "onnxruntime" and device == "cpu"
-        self.one_core = (OnnxModel(model, backend=backend, device=device, threads=1, name=name)
-                         if cpu and workers.parallel and small and threads != 1 else self.all_cores)
+        two = backend == "onnxruntime" and device == "cpu" and workers.parallel and small and threads != 1
+        self.all_cores = OnnxModel(model, backend=backend, device=device, threads=threads, name=name,
+                                   spin=spin and two)
+        self.one_core = OnnxModel(model, backend=backend, device=device, threads=1, name=name) if two else self.all_cores
         self.name = self.all_cores.name
         self.input_names, self.output_names = self.all_cores.input_names, self.all_cores.output_names
 
     def for_items(self, n: int) -> "OnnxModel":
         """The session for a run of ``n`` items."""
         return self.one_core if n > 1 else self.all_cores
-
-    def run(self, inputs):
-        return self.all_cores.run(inputs)
 
 
 def usable_cores() -> int:
