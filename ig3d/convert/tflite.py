@@ -66,6 +66,8 @@ import onnx
 from flatbuffers.table import Table
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_passes import expand_prelu
+
 __all__ = [
     "OPSET",
     "convert_tflite",
@@ -804,21 +806,10 @@ class _Converter:
         v = self.val(op.inputs[0], op)
         alpha = self.const_f32(op.inputs[1], "PRELU alpha", op)
         slope = self.broadcast_const(alpha, self.rank(op.inputs[0]), v.perm, op)
-        # PReLU(x) = (1 - a) * relu(x) + a * x, written out: ONNX Runtime's PRelu kernel is a
-        # slow generic broadcast and, not being layout-aware, forces NCHWc reorders around every
-        # convolution; Relu/Mul/Add run in the blocked layout (landmark model: 22 -> 10 ms/face
-        # on our 2-core CPU). Outputs agree with PRelu to float32 rounding.
-        one_minus = (1.0 - slope.astype(np.float64)).astype(np.float32)
-        if (one_minus >= 0).all():
-            # all a <= 1: (1 - a) * relu(x) == relu((1 - a) * x), bit for bit; ONNX Runtime then
-            # runs that Mul as a 1x1 depthwise conv with the Relu fused in (one pass over x fewer)
-            pos = self.node("Relu", [self.node("Mul", [v.name, self.init(one_minus, "prelu_1ma")], "prelu_scaled")],
-                            "prelu_pos")
-        else:
-            r = self.node("Relu", [v.name], "prelu_relu")
-            pos = self.node("Mul", [r, self.init(one_minus, "prelu_1ma")], "prelu_pos")
-        lin = self.node("Mul", [v.name, self.init(slope, "alpha")], "prelu_lin")
-        self.set_out(op, self.node("Add", [pos, lin], "prelu"), v.perm)
+        # Emitted as PRelu and written out as Relu/Mul/Add by onnx_passes.expand_prelu when the
+        # graph is complete: ONNX Runtime's PRelu kernel is a slow generic broadcast that forces
+        # NCHWc reorders around every convolution (landmark model: 22 -> 10 ms/face).
+        self.set_out(op, self.node("PRelu", [v.name, self.init(slope, "alpha")], "prelu"), v.perm)
 
     # -- convolutions and pooling (NCHW) --------------------------------------
     def _spatial_pads(self, op, in_hw, k_hw, s_hw, d_hw) -> List[int]:
@@ -849,13 +840,13 @@ class _Converter:
         w2 = wt[:, 0, 0, :]  # [O, I]
         bias = (self.const_f32(op.inputs[2], "bias", op) if len(op.inputs) > 2 and op.inputs[2] >= 0
                 else None)
-        if v.perm.index(3) == 3:  # channels last: [..., L, I] @ [I, O]
+        last = v.perm.index(3) == 3
+        if last:  # channels last: [..., L, I] @ [I, O]
             y = self.node("MatMul", [v.name, self.init(np.ascontiguousarray(w2.T), "w")], "pointwise")
-            b = None if bias is None else bias
-        else:                     # channels second to last: [O, I] @ [..., I, L]
+        else:     # channels second to last: [O, I] @ [..., I, L]
             y = self.node("MatMul", [self.init(np.ascontiguousarray(w2), "w"), v.name], "pointwise")
-            b = None if bias is None else bias[:, None]
-        if b is not None:
+        if bias is not None:
+            b = bias if last else bias[:, None]
             y = self.node("Add", [y, self.init(b.astype(np.float32), "b")], "pointwise_bias")
         self.set_out(op, self.activation(y, o["fused_activation_function"], op), v.perm)
         return True
@@ -1234,6 +1225,7 @@ def convert_tflite(
         meta["input_mean"] = ",".join(f"{m:g}" for m in norm[0])
         meta["input_std"] = ",".join(f"{s:g}" for s in norm[1])
     helper.set_model_props(onnx_model, meta)
+    expand_prelu(onnx_model)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
 
