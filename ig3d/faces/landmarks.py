@@ -379,11 +379,7 @@ def _warp_crops_numpy(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
     :func:`warp_crops` runs the C++ form of this in ``ig3d._core``; the tests compare the two on
     random maps and real photos. What follows documents the arithmetic both implement.
 
-    Cut ``N`` affine crops out of one RGB image: the landmark model's input.
-
-    Output pixel ``(row i, col j)`` of crop ``n`` is the bilinear sample of ``image`` at pixel
-    index ``Minv[n] @ (j, i, 1)`` (pixel centres at integer coordinates), ``Minv`` the inverse
-    of ``M``. This is what MediaPipe's CPU ``ImageToTensor`` does with OpenCV
+    The sampling (see :func:`warp_crops`) is what MediaPipe's CPU ``ImageToTensor`` does with OpenCV
     ``warpPerspective(INTER_LINEAR)`` on the uint8 image, including OpenCV's fixed-point
     arithmetic: coordinates rounded to 1/32 pixel, integer weights, result rounded to uint8.
     Checked against OpenCV 4.11 (``cv2.boxPoints`` + ``getPerspectiveTransform`` +
@@ -398,17 +394,7 @@ def _warp_crops_numpy(image: np.ndarray, M: np.ndarray, out_size: int = 256, *,
     pixels under the ROI (the region is packed once) on the 2-core dev VM. Maps without
     rotation (the detector letterbox) take a separable path whose cost does not depend on the
     source size (~1.5 ms for a 128 letterbox of a 572 x 562 photo, ~3 ms from 1920 x 1080).
-
-    Args:
-        image: ``[H, W, 3]`` uint8 RGB.
-        M: ``[N, 2, 3]`` (or ``[2, 3]``) image -> crop affine from :func:`roi_affine`.
-        out_size: crop side ``S``.
-        border: ``"replicate"`` (MediaPipe landmarker default: taps outside the image take
-            the nearest edge pixel) or ``"zero"`` (black; MediaPipe's detector letterbox).
-        out: optional ``[N, S, S, 3]`` float32 array to write into.
-
-    Returns:
-        ``[N, S, S, 3]`` float32 in ``[0, 1]`` (pixel / 255, the landmark model's range).
+    Arguments and result as :func:`warp_crops` (without ``threads``).
     """
     image, M, n, s = _warp_args(image, M, out_size, border, out)
     if out is None:
