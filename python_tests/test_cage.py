@@ -283,21 +283,26 @@ def test_outputs_and_features(model, images, reference):
 # --------------------------------------------------------------------------------------------
 # ONNX.
 
+@pytest.mark.parametrize("kind", ["window", "grid"])
 @pytest.mark.parametrize("grid", [7, 14, 28])
-def test_window_to_grid_through_channels_last(grid):
-    """The export's window -> grid hand-over (through a channels-last map) moves every value to
-    the same place as departition-then-partition through [B, C, H, W], and back."""
-    window, grid_att = PartitionAttention(32, "window", grid), PartitionAttention(32, "grid", grid)
-    t = torch.randn(2, (grid // 7) ** 2, 49, 32)
-    want = grid_att._partition(window._departition(t))
-    assert torch.equal(grid_att._partition(window._departition(t, True), True), want)
-    for att, tok in ((window, t), (grid_att, want)):
-        nchw = att._departition(tok)
-        assert torch.equal(att._departition(tok, True).permute(0, 3, 1, 2), nchw)
-        assert torch.equal(att._partition(nchw), tok)
-        assert torch.equal(att._partition(nchw.permute(0, 2, 3, 1), True), tok)
-    if grid > 7:  # with one group, window and grid layouts coincide
-        assert not torch.equal(want, t)
+def test_map_tokens_equal_partitioned_attention(kind, grid):
+    """The export form of an attention layer (both branches on the channels-last map's tokens, one
+    Transpose for q|k|v and one for the output) gives the numbers of the partitioned forward. The
+    bias table is made large so that the order of the tokens inside each group matters too."""
+    torch.manual_seed(grid)
+    att = PartitionAttention(64, kind, grid).eval()
+    with torch.no_grad():
+        att.attn_layer[1].relative_position_bias_table.normal_(0.0, 2.0)
+    x = torch.randn(2, 64, grid, grid)
+    with torch.inference_mode():
+        want = att(x)
+        got = att.map_tokens(x.permute(0, 2, 3, 1).reshape(-1, 64)).reshape(2, grid, grid, 64).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    if grid > 7:  # with one group, window and grid attention coincide
+        other = PartitionAttention(64, "grid" if kind == "window" else "window", grid).eval()
+        other.load_state_dict(att.state_dict())
+        with torch.inference_mode():
+            assert (other(x) - want).abs().max() > 1e-2
 
 
 @pytest.fixture(scope="module")

@@ -248,32 +248,28 @@ class PartitionAttention(nn.Module):
         self.stochastic_dropout = StochasticDepth(p_stochastic)
 
     # How H (and W) split for each kind: window: h = (window row) * 7 + (row in window);
-    # grid: h = (token row) * n + (group row). Permutations from the split map to the
-    # partitioned layout [B, G rows, G cols, P rows, P cols, C], from [B, C, ...] or [B, ..., C].
-    _PARTITION = {"window": ((0, 2, 4, 3, 5, 1), (0, 1, 3, 2, 4, 5)),
-                  "grid": ((0, 3, 5, 2, 4, 1), (0, 2, 4, 1, 3, 5))}
-    # and back, to [B, C, ...] or [B, ..., C]
-    _DEPARTITION = {"window": ((0, 5, 1, 3, 2, 4), (0, 1, 3, 2, 4, 5)),
-                    "grid": ((0, 5, 3, 1, 4, 2), (0, 3, 1, 4, 2, 5))}
+    # grid: h = (token row) * n + (group row). Permutation from the split [B, C, a, b, a, b] to the
+    # partitioned layout [B, G rows, G cols, P rows, P cols, C], and from that back.
+    _PARTITION = {"window": (0, 2, 4, 3, 5, 1), "grid": (0, 3, 5, 2, 4, 1)}
+    _DEPARTITION = {"window": (0, 5, 1, 3, 2, 4), "grid": (0, 5, 3, 1, 4, 2)}
 
     def _split(self) -> Tuple[int, int]:
         """H = a * b: (windows, rows in a window) or (tokens, groups) along one side."""
         s, n = PARTITION_SIZE, self.grid // PARTITION_SIZE
         return (n, s) if self.kind == "window" else (s, n)
 
-    def _partition(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """[B, C, H, W] (or [B, H, W, C] with ``channels_last``) -> [B, G, 49, C]."""
+    def _partition(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, G, 49, C]."""
         a, b = self._split()
         c, g = self.dim, (self.grid // PARTITION_SIZE) ** 2
-        x = x.reshape(-1, a, b, a, b, c) if channels_last else x.reshape(-1, c, a, b, a, b)
-        return x.permute(*self._PARTITION[self.kind][channels_last]).reshape(-1, g, PARTITION_SIZE ** 2, c)
+        x = x.reshape(-1, c, a, b, a, b).permute(*self._PARTITION[self.kind])
+        return x.reshape(-1, g, PARTITION_SIZE ** 2, c)
 
-    def _departition(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """[B, G, 49, C] -> [B, C, H, W] (or [B, H, W, C] with ``channels_last``): the inverse of
-        :meth:`_partition`."""
+    def _departition(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, G, 49, C] -> [B, C, H, W]: the inverse of :meth:`_partition`."""
         s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
-        x = x.reshape(-1, n, n, s, s, c).permute(*self._DEPARTITION[self.kind][channels_last])
-        return x.reshape(-1, self.grid, self.grid, c) if channels_last else x.reshape(-1, c, self.grid, self.grid)
+        x = x.reshape(-1, n, n, s, s, c).permute(*self._DEPARTITION[self.kind])
+        return x.reshape(-1, c, self.grid, self.grid)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The two residual branches on the partitioned layout: [B, G, 49, C] -> same."""
@@ -282,6 +278,33 @@ class PartitionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._departition(self.tokens(self._partition(x)))
+
+    # The export form (:meth:`map_tokens`) works on the map's tokens in row-major order, [B*H*W, C]. With
+    # H split as in :meth:`_split`, q|k|v [B, a, b, a, b, 3, heads, D] -> [3, B, G rows, G cols, heads,
+    # P rows, P cols, D], and the attention output [B, G rows, G cols, heads, P rows, P cols, D] back to
+    # [B, a, b, a, b, heads, D].
+    _QKV_TO_GROUPS = {"window": (5, 0, 1, 3, 6, 2, 4, 7), "grid": (5, 0, 2, 4, 6, 1, 3, 7)}
+    _GROUPS_TO_MAP = {"window": (0, 1, 4, 2, 5, 3, 6), "grid": (0, 4, 1, 5, 2, 3, 6)}
+
+    def map_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Both residual branches on the map's tokens [B*H*W, C] (row-major, channels last) -> same.
+
+        The same numbers as :meth:`forward` up to float rounding, with less data movement for an
+        exported graph: LayerNorm, the Linears and the MLP act on each token alone, so they run on the
+        map as it lies (2-D, so ONNX Runtime fuses each bias into its Gemm), and only q|k|v and the
+        attention output are moved, each by one Transpose that partitions (or departitions) and splits
+        (or merges) the heads at once."""
+        a, b = self._split()
+        s, n, c = PARTITION_SIZE, self.grid // PARTITION_SIZE, self.dim
+        norm, attn = self.attn_layer
+        h, d = attn.n_heads, attn.head_dim
+        qkv = attn.to_qkv(norm(x)).reshape(-1, a, b, a, b, 3, h, d).permute(*self._QKV_TO_GROUPS[self.kind])
+        q, k, v = qkv.reshape(3, -1, n * n, h, s * s, d).unbind(0)
+        k = k * attn.scale
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) + attn.position_bias(), dim=-1)
+        out = torch.matmul(weights, v).reshape(-1, n, n, h, s, s, d).permute(*self._GROUPS_TO_MAP[self.kind])
+        x = x + self.stochastic_dropout(attn.merge(out.reshape(-1, c)))
+        return x + self.stochastic_dropout(self.mlp_layer(x))
 
 
 class MaxVitLayer(nn.Module):
@@ -298,13 +321,15 @@ class MaxVitLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():
-            # The same data movement, cheaper for ONNX Runtime: from window to grid layout through a
-            # channels-last map, so both Transposes move whole C-vectors, instead of through
-            # [B, C, H, W] (two Transposes that gather single floats). Values are untouched.
+            # The same numbers with less data movement for ONNX Runtime: both attentions on the
+            # channels-last map's tokens (PartitionAttention.map_tokens), entered and left by one
+            # NCHW <-> NHWC Transpose each, instead of [B, C, H, W] <-> partitions around each one.
             layers = self.layers
-            window, grid = layers.window_attention, layers.grid_attention
-            x = window.tokens(window._partition(layers.MBconv(x)))
-            return grid._departition(grid.tokens(grid._partition(window._departition(x, True), True)))
+            x = layers.MBconv(x)
+            grid, c = layers.window_attention.grid, layers.window_attention.dim
+            x = x.permute(0, 2, 3, 1).reshape(-1, c)
+            x = layers.grid_attention.map_tokens(layers.window_attention.map_tokens(x))
+            return x.reshape(-1, grid, grid, c).permute(0, 3, 1, 2)
         return self.layers(x)
 
 
