@@ -123,15 +123,18 @@ class OnnxModel:
 
 
 #: Largest ONNX file (bytes) for which :class:`PerCoreModel` keeps a second, single-threaded
-#: session: its weights are then held twice, so the big encoders (EMOCA 308 MB, CAGE 123 MB) do not.
-PER_CORE_MAX_BYTES = 64 << 20
+#: session, whose weights are held twice: SMIRK (14 MB), DDAMFN++ (18 MB) and CAGE (123 MB,
+#: +210 MB RSS for +33 % images/s at batch 32 on 2 cores) do; EMOCA (308 MB, +360 MB RSS for
+#: +6-10 %) does not.
+PER_CORE_MAX_BYTES = 192 << 20
 
 
 class PerCoreModel:
     """One ONNX file run the CPU workers' way (:class:`Workers`): a lone item on a session that
     uses every core; a batch as one single-threaded run per item, each worker on its own core,
     from a second session (ONNX Runtime's intra-op threads scale poorly on these graphs: measured
-    on 2 cores with batches of 8, DDAMFN++ 52 -> 68 img/s, SMIRK 66 -> 73, EMOCA 5.6 -> 6.6).
+    on 2 cores with batches of 8, DDAMFN++ 52 -> 68 img/s, SMIRK 66 -> 73; batches of 32, CAGE
+    6.8 -> 9.1, EMOCA 6.2 -> 6.5).
     The second session holds the weights again, so it exists only for files up to
     :data:`PER_CORE_MAX_BYTES`, and only when ``workers`` runs in parallel on the CPU; otherwise
     both roles are the same session. Both give the same numbers (same kernels, one per item).
