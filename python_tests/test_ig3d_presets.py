@@ -89,8 +89,11 @@ def test_preset_is_deterministic_and_batch_equals_single(late_predictor, faces):
     batch = late_predictor.predict_batch([faces / n for n in names])
     assert [len(b) for b in batch] == [1, 5, 0] == [len(s) for s in single]
     pipe = late_predictor._pipeline
-    if pipe.workers.parallel:  # lone faces ran on the all-cores sessions, these batches on the one-core ones
+    if pipe.workers.parallel:
+        # SMIRK and DDAMFN++ are alike in size: a lone face's two runs go single-threaded side by side,
+        # on the same one-core sessions as a batch's (the SMIRK+CAGE test covers all-cores vs one-core)
         assert pipe.enc3d.one_core is not pipe.enc3d.all_cores and pipe.enc2d.one_core is not pipe.enc2d.all_cores
+        assert pipe._runs(1) == 2 and pipe._runs(5) == 5
     for b, s in zip(batch, single):
         for fb, fs in zip(b, s):
             np.testing.assert_allclose(fb.params3d, fs.params3d, rtol=1e-4, atol=1e-4)
@@ -197,6 +200,9 @@ def test_smirk_cage_preset_is_deterministic_and_batch_equals_single(emoca_weight
     to_fused_head(MLP4(358).eval(), feature_set="smirk_full", dataset="affectnet8").save(d / "smirk_head.npz")
     p = ig3d.Predictor("ig3d-smirk-cage", weights={"smirk": d, "cage": d, "head": d / "smirk_head.npz"})
     names = ["0-f15-hao-ph.jpg", "free-mountain-vector-01.jpg", "single_face.jpg"]
+    # CAGE is far bigger than SMIRK: a lone face runs each on its all-cores session, a batch on the
+    # one-core sessions, and the numbers agree
+    assert p._pipeline._runs(1) == 1
     single = [p.predict(faces / n) for n in names]
     batch = p.predict_batch([faces / n for n in names])
     assert [len(b) for b in batch] == [1, 0, 1] == [len(s) for s in single]

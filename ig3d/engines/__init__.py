@@ -146,7 +146,9 @@ class PerCoreModel:
 
     def __init__(self, model: Union[str, os.PathLike, bytes], *, workers: "Workers", backend: str = "onnxruntime",
                  device: str = "cpu", threads: Optional[int] = None, name: str = "", spin: bool = False):
-        small = (len(model) if isinstance(model, bytes) else os.path.getsize(model)) <= PER_CORE_MAX_BYTES
+        #: size of the ONNX file in bytes
+        self.nbytes = len(model) if isinstance(model, bytes) else os.path.getsize(model)
+        small = self.nbytes <= PER_CORE_MAX_BYTES
         two = backend == "onnxruntime" and device == "cpu" and workers.parallel and small and threads != 1
         self.all_cores = OnnxModel(model, backend=backend, device=device, threads=threads, name=name,
                                    spin=spin and two)
