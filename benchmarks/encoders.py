@@ -5,9 +5,8 @@ the values) at batch 1 and 32: torch eager in ``inference_mode`` and the ONNX fi
 run the way the Ig3D presets run it (``ig3d.engines.PerCoreModel``): ig3d's session settings, a lone
 image on a session that uses every core, a batch on the CPU as one run per image spread over worker
 threads (``ig3d.engines.Workers``, one per core; single-threaded runs from a second session for files
-up to 192 MB: all but EMOCA). The column "ORT 1 run" is the all-cores session given the whole batch in one run, for
-comparison. Also images/s against a practical limit: the
-network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
+up to 192 MB: all but EMOCA). The column "ORT 1 run" is the all-cores session given the whole batch
+in one run, for comparison. Also images/s against a practical limit: the network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
 matmuls are not counted, so for CAGE the limit is optimistic) over the sgemm rate measured on the
 same machine in the same run (a 2048x2048 float32 matmul in torch, the best of one measurement
 before each encoder and one at the end). Times: minimum over repeats of
