@@ -1,19 +1,19 @@
 """The Ig3D encoders: PyTorch eager (as the research code runs them) vs ig3d's ONNX Runtime path.
 
 For each encoder (randomly initialised, same weights on both sides; the timing does not depend on
-the values) at batch 1 and 32: torch eager in ``inference_mode`` and the ONNX file ig3d exports,
-run the way the Ig3D presets run it (``ig3d.engines.PerCoreModel``): ig3d's session settings, a lone
+the values) at batch 1 and 32: torch eager in ``inference_mode`` and the ONNX file ig3d exports, run
+the way the Ig3D presets run it (``ig3d.engines.PerCoreModel``): ig3d's session settings, a lone
 image on a session that uses every core, a batch on the CPU as one run per image spread over worker
-threads (``ig3d.engines.Workers``, one per core; single-threaded runs from a second session for files
-up to 192 MB: all but EMOCA). The column "ORT 1 run" is the all-cores session given the whole batch
-in one run, for comparison. Also images/s against a practical limit: the network's FLOPs (Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention
-matmuls are not counted, so for CAGE the limit is optimistic) over the sgemm rate measured on the
-same machine in the same run (a 2048x2048 float32 matmul in torch, the best of one measurement
-before each encoder and one at the end). Times: minimum over repeats of
-the mean of an inner loop (``--min-time`` per side); the three sides are timed in alternating
-rounds, so that the machine's drift hits each alike. Ends with one JSON line mapping
-``<encoder>_b1_speedup_vs_torch`` / ``<encoder>_b32_speedup_vs_torch`` to torch time / ONNX Runtime
-time.
+threads (``ig3d.engines.Workers``, one per core; single-threaded runs from a second session for
+files up to 192 MB: all but EMOCA). The column "ORT 1 run" is the all-cores session given the whole
+batch in one run, for comparison. Also images/s against a practical limit: the network's FLOPs
+(Conv2d and Linear multiply-adds x 2, counted with forward hooks; attention matmuls are not counted,
+so for CAGE the limit is optimistic) over the sgemm rate measured on the same machine in the same
+run (a 2048x2048 float32 matmul in torch, the best of one measurement before each encoder and one at
+the end). Times: minimum over repeats of the mean of an inner loop (``--min-time`` per side); the
+three sides are timed in alternating rounds, so that the machine's drift hits each alike. Ends with
+one JSON line mapping ``<encoder>_b1_speedup_vs_torch`` / ``<encoder>_b32_speedup_vs_torch`` to
+torch time / ONNX Runtime time.
 
 Run: python benchmarks/encoders.py [--encoders smirk,ddamfn,emoca,cage] [--quick]
 """
