@@ -126,6 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="ig3d-head, rafdb: class order of the 2D network's scores")
     p_conv.set_defaults(func=_cmd_convert)
 
+    from .workflow_cli import add_parsers as add_workflow_parsers
+
+    add_workflow_parsers(sub)
+
     p_info = sub.add_parser("info", help="print build and hardware facts as JSON")
     p_info.set_defaults(func=_cmd_info)
 
