@@ -286,14 +286,15 @@ class DefaultPipeline:
         logits_fer = pending_fer.result()["logits"].astype(np.float32)
 
         # fused head: normalise, 3D head, late fusion, softmax - one C++ call for every face
-        fused = self.head(params3d, logits_fer, device=self.head_device,
+        fused = self.head(params3d, logits_fer if self.head.scores2d_dim else None, device=self.head_device,
                           threads=1 if self.workers.parallel else None)
         C = len(self.labels)
         logits_2d = np.zeros((len(lm), C), np.float32)
         logits_2d[:, prior.FER_TO_LABELS] = logits_fer
         logits_3d = fused.out3d[:, :C]
         p2d, p3d = _softmax(logits_2d), _softmax(logits_3d)
-        va = fused.probs @ prior.CIRCUMPLEX
+        # a head trained with valence/arousal outputs gives its own; otherwise the prior's mapping
+        va = fused.va if fused.va is not None else fused.probs @ prior.CIRCUMPLEX
 
         results: List[List[FaceResult]] = [[] for _ in images]
         for f in range(len(lm)):
