@@ -224,9 +224,9 @@ class DefaultPipeline:
         return self._decode(pending, detect.SHORT_RANGE, lbs, anchors=self._anchors_short, min_score=0.5,
                             iou_thresh=0.5)
 
-    def _landmarks(self, images, dets: List[detect.FaceDetections]) -> _Faces:
+    def _landmarks(self, images, dets: List[detect.FaceDetections], rois: Optional[lmk.Rois] = None) -> _Faces:
         owner, boxes, scores, kps = _stack(dets)
-        M, Minv = lmk.roi_affine(lmk.rois_from_detections(boxes, kps), 256)
+        M, Minv = lmk.roi_affine(lmk.rois_from_detections(boxes, kps) if rois is None else rois, 256)
         if owner.size == 0:
             return _Faces(owner, scores, Minv, np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32))
         items = list(zip(owner, M))
@@ -253,11 +253,27 @@ class DefaultPipeline:
         full = self._finish_full(pending_full, views, len(images))
         return self._landmarks(images, [_cat_dets(f, _subset(s, _new_faces(f, s))) for f, s in zip(full, short)])
 
-    def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:
+    def _aligned_faces(self, images) -> _Faces:
+        """One face per image for pre-aligned face crops (``aligned=True``): no detector runs; the
+        landmark model's region is the whole image, upright (its centre, a square of the longer
+        side)."""
+        n = len(images)
+        hw = np.array([im.shape[:2] for im in images], np.float64)
+        side = hw.max(axis=1)
+        rois = lmk.Rois(hw[:, ::-1] / 2, np.stack([side, side], axis=1), np.zeros(n))
+        boxes = np.concatenate([np.zeros((n, 2)), hw[:, ::-1]], axis=1).astype(np.float32)
+        dets = [detect.FaceDetections(boxes[i:i + 1], np.ones(1, np.float32), np.zeros((1, 6, 2), np.float32))
+                for i in range(n)]
+        return self._landmarks(images, dets, rois)
+
+    def run(self, images: Sequence[np.ndarray], *, aligned: bool = False) -> List[List[FaceResult]]:
+        """Faces per image. ``aligned=True``: each image is one pre-aligned face crop (datasets such
+        as RAF-DB's aligned images): detection is skipped (an image whose crop shows no face mesh
+        still gives [])."""
         if not images:
             return []
         # 3D branch: landmarks on a rotated 256x256 crop per face
-        faces = self._faces(images)
+        faces = self._aligned_faces(images) if aligned else self._faces(images)
         keep = faces.presence >= LANDMARK_MIN_PRESENCE  # the detector's false positives have no face mesh
         if not np.any(keep):
             return [[] for _ in images]
