@@ -124,21 +124,28 @@ class Ig3DPipeline:
         self.head_device = head_device
 
     def _crops(self, images: Sequence[np.ndarray], owner: np.ndarray, lm: np.ndarray, encoder: str,
-               threads: int = 0) -> np.ndarray:
+               threads: int = 0, aligned: bool = False) -> np.ndarray:
         fn, size, imagenet = _CROP[encoder]
-        M = fn(lm, size)
+        if aligned:  # a pre-aligned crop: the whole image, resized to the encoder's input
+            M = np.zeros((len(owner), 2, 3), np.float32)
+            for k, i in enumerate(owner):
+                h, w = images[i].shape[:2]
+                M[k, 0, 0], M[k, 1, 1] = size / w, size / h
+                M[k, :, 2] = 0.5 * np.array([size / w, size / h]) - 0.5  # pixel centres onto pixel centres
+        else:
+            M = fn(lm, size)
         if isinstance(M, tuple):  # ddamfn_affine also returns the template index
             M = M[0]
         return np.concatenate([align.crop(images[i], M[owner == i], size, imagenet=imagenet, threads=threads)
                                for i in np.unique(owner)])
 
-    def _cropper(self, images: Sequence[np.ndarray], encoder: str):
+    def _cropper(self, images: Sequence[np.ndarray], encoder: str, aligned: bool = False):
         """prep for an encoder run: items are (image index, landmarks) per face."""
         threads = 1 if self.workers.parallel else 0
 
         def prep(items):
             return self._crops(images, np.array([i for i, _ in items]), np.stack([l for _, l in items]), encoder,
-                               threads)
+                               threads, aligned)
         return prep
 
     def _fed_scores(self, raw: np.ndarray) -> np.ndarray:
@@ -159,10 +166,13 @@ class Ig3DPipeline:
         sizes = sorted((self.enc3d.nbytes, self.enc2d.nbytes))
         return 2 if n == 1 and sizes[1] <= 2 * sizes[0] else n
 
-    def run(self, images: Sequence[np.ndarray]) -> List[List[FaceResult]]:
+    def run(self, images: Sequence[np.ndarray], *, aligned: bool = False) -> List[List[FaceResult]]:
+        """Faces per image. ``aligned=True``: each image is one pre-aligned face crop; detection is
+        skipped and each encoder reads the whole image resized to its input (its normalisation
+        unchanged)."""
         if not images:
             return []
-        base = self.faces.run(images)  # boxes, landmarks, blendshapes, pose per face
+        base = self.faces.run(images, aligned=aligned)  # boxes, landmarks, blendshapes, pose per face
         flat = [(i, f) for i, faces in enumerate(base) for f in faces]
         results: List[List[FaceResult]] = [[] for _ in images]
         if not flat:
@@ -176,8 +186,9 @@ class Ig3DPipeline:
         items = list(zip(owner, lm))
         n = len(items)
         runs = self._runs(n)
-        pending3d = self.workers.start(self.enc3d.for_items(runs), items, self._cropper(images, self.enc3d_name))
-        out2d = self.workers.run(self.enc2d.for_items(runs), items, self._cropper(images, self.enc2d_name))
+        pending3d = self.workers.start(self.enc3d.for_items(runs), items,
+                                       self._cropper(images, self.enc3d_name, aligned))
+        out2d = self.workers.run(self.enc2d.for_items(runs), items, self._cropper(images, self.enc2d_name, aligned))
         out3d = pending3d.result()
         params = out3d["params_full"].astype(np.float32)
         scores2d_raw = out2d[_SCORES[self.enc2d_name]].astype(np.float32)
@@ -214,6 +225,7 @@ class Ig3DPipeline:
                 label_3d=self.labels[int(np.argmax(p3d[f]))], scores_3d=dict(zip(self.labels, map(float, p3d[f]))),
                 logits_2d=logits_2d[f], logits_3d=logits_3d[f].copy(),
                 flame={n: out3d[n][f] for n in pieces},
+                scores2d_raw=scores2d_raw[f], features2d=feats[f],
             ))
         for r in results:
             r.sort(key=lambda fr: -fr.area)

@@ -331,6 +331,7 @@ class DefaultPipeline:
                 scores_3d=dict(zip(self.labels, map(float, p3d[f]))),
                 logits_2d=logits_2d[f],
                 logits_3d=logits_3d[f].copy(),
+                scores2d_raw=logits_fer[f],
             ))
         for r in results:
             r.sort(key=lambda fr: -fr.area)

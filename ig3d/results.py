@@ -20,7 +20,10 @@ class FaceResult:
     label / scores: the fused class and probabilities (label -> probability, sums to 1);
     valence / arousal: in [-1, 1]; scores_2d / scores_3d and label_2d / label_3d: each branch alone
     (2D expression network; 3D head) before late fusion; logits_2d / logits_3d: their raw scores in
-    the label order; flame: FLAME parameters for the Ig3D presets (None for the default preset).
+    the label order; flame: FLAME parameters for the Ig3D presets (None for the default preset);
+    scores2d_raw: the 2D network's raw output in its own order (what the head late-fuses: the
+    default preset's mini-Xception logits in FER2013's order, DDAMFN++'s logits, CAGE's outputs);
+    features2d: the 2D network's feature for intermediate fusion (Ig3D presets; None otherwise).
     """
 
     box: np.ndarray
@@ -40,6 +43,8 @@ class FaceResult:
     logits_2d: np.ndarray
     logits_3d: np.ndarray
     flame: Optional[Dict[str, np.ndarray]] = field(default=None)
+    scores2d_raw: Optional[np.ndarray] = field(default=None)
+    features2d: Optional[np.ndarray] = field(default=None)
 
     @property
     def area(self) -> float:
