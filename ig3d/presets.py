@@ -309,8 +309,9 @@ class DefaultPipeline:
         logits_2d[:, prior.FER_TO_LABELS] = logits_fer
         logits_3d = fused.out3d[:, :C]
         p2d, p3d = _softmax(logits_2d), _softmax(logits_3d)
-        # a head trained with valence/arousal outputs gives its own; otherwise the prior's mapping
-        va = fused.va if fused.va is not None else fused.probs @ prior.CIRCUMPLEX
+        # a head trained with valence/arousal outputs gives its own; otherwise the prior's mapping,
+        # which moves with the blendshapes' action-unit activations
+        va = fused.va if fused.va is not None else prior.valence_arousal(fused.probs, bs)
 
         results: List[List[FaceResult]] = [[] for _ in images]
         for f in range(len(lm)):
