@@ -226,7 +226,16 @@ class DefaultPipeline:
 
     def _landmarks(self, images, dets: List[detect.FaceDetections], rois: Optional[lmk.Rois] = None) -> _Faces:
         owner, boxes, scores, kps = _stack(dets)
-        M, Minv = lmk.roi_affine(lmk.rois_from_detections(boxes, kps) if rois is None else rois, 256)
+        return self.landmarks_in(images, owner, lmk.rois_from_detections(boxes, kps) if rois is None else rois,
+                                 scores)
+
+    def landmarks_in(self, images, owner: np.ndarray, rois: lmk.Rois, scores: np.ndarray) -> _Faces:
+        """The landmark model on given regions: ``rois`` row ``k`` in ``images[owner[k]]`` (``scores``
+        is carried along). One run per face, spread over the workers, as for detections; video
+        tracking calls it with the regions computed from the previous frame's landmarks."""
+        owner = np.asarray(owner, np.int64)
+        scores = np.asarray(scores, np.float32)
+        M, Minv = lmk.roi_affine(rois, 256)
         if owner.size == 0:
             return _Faces(owner, scores, Minv, np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32))
         items = list(zip(owner, M))
@@ -241,17 +250,47 @@ class DefaultPipeline:
             return np.concatenate([lmk.warp_crops(images[i], m, size, threads=t) for i, m in items])
         return prep
 
-    def _faces(self, images) -> _Faces:
-        """Every face with its landmark-model output: the full-range detections (small and
-        distant faces), plus the short-range ones that overlap none of them (close-ups and
-        whole-frame faces, which the full-range model misses). Both detectors run at once; the
-        short-range runs (the cheaper ones) go first, and each run is decoded while the later
-        ones are still going."""
+    def detect(self, images) -> List[Tuple[detect.FaceDetections, np.ndarray]]:
+        """Per image: the full-range detections (small and distant faces), plus the short-range
+        ones that overlap none of them (close-ups and whole-frame faces, which the full-range model
+        misses), and a mask over them that is True for the faces only the full-range detector
+        (whole image or tiles) found. Both detectors run at once; the short-range runs (the
+        cheaper ones) go first, and each run is decoded while the later ones are still going."""
         pending_short, lbs = self._start_short(images)
         pending_full, views = self._start_full(images)
         short = self._finish_short(pending_short, lbs)
         full = self._finish_full(pending_full, views, len(images))
-        return self._landmarks(images, [_cat_dets(f, _subset(s, _new_faces(f, s))) for f, s in zip(full, short)])
+        out = []
+        for f, s in zip(full, short):
+            new_short = _new_faces(f, s)
+            out.append((_cat_dets(f, _subset(s, new_short)),
+                        np.concatenate([_new_faces(s, f), np.zeros(int(new_short.sum()), bool)])))
+        return out
+
+    def refine(self, images, faces: _Faces, mask: np.ndarray) -> _Faces:
+        """A second landmark pass for the faces of ``mask`` whose first pass found a face mesh, on
+        the region computed from their first landmarks (:func:`ig3d.faces.landmarks.rois_from_landmarks`,
+        the tracking step applied once). For faces that only the full-range detector found: its
+        boxes (and the tiles') are not the short-range boxes the landmark model's regions come
+        from in MediaPipe, and the first pass sits off the face by a few percent of its size. A
+        face whose second pass loses the mesh keeps its first one."""
+        sel = np.flatnonzero(np.asarray(mask, bool) & (faces.presence >= LANDMARK_MIN_PRESENCE))
+        if sel.size == 0:
+            return faces
+        lm = lmk.landmarks_to_image(faces.landmarks[sel], faces.Minv[sel])
+        again = self.landmarks_in(images, faces.owner[sel], lmk.rois_from_landmarks(lm), faces.scores[sel])
+        ok = again.presence >= LANDMARK_MIN_PRESENCE
+        sel, again = sel[ok], again.take(ok)
+        out = _Faces(*(a.copy() for a in faces))
+        out.Minv[sel], out.landmarks[sel], out.presence[sel] = again.Minv, again.landmarks, again.presence
+        return out
+
+    def _faces(self, images) -> _Faces:
+        """Every face with its landmark-model output (:meth:`detect`, then the landmark model, and a
+        second pass for the faces only the full-range detector found: :meth:`refine`)."""
+        found = self.detect(images)
+        faces = self._landmarks(images, [d for d, _ in found])
+        return self.refine(images, faces, np.concatenate([m for _, m in found] + [np.zeros(0, bool)]))
 
     def _aligned_faces(self, images) -> _Faces:
         """One face per image for pre-aligned face crops (``aligned=True``): no detector runs; the
@@ -278,8 +317,16 @@ class DefaultPipeline:
         if not np.any(keep):
             return [[] for _ in images]
         faces = faces.take(keep)
-        owner, scores = faces.owner, faces.scores
-        lm = lmk.landmarks_to_image(faces.landmarks, faces.Minv)
+        return self.results_from_landmarks(images, faces.owner, faces.scores,
+                                           lmk.landmarks_to_image(faces.landmarks, faces.Minv))
+
+    def results_from_landmarks(self, images, owner: np.ndarray, scores: np.ndarray,
+                               lm: np.ndarray) -> List[List[FaceResult]]:
+        """Everything after the landmark model, for faces given by their landmarks ``lm``
+        ``[N, 478, 3]`` (image pixels) in ``images[owner[k]]``: blendshapes, head pose, the 2D
+        network on its crop, the fused head, and the :class:`FaceResult` objects, one list per
+        image, largest face first. Still images and video frames (whose landmarks may be
+        smoothed) both go through here."""
         pending_bs = self.workers.start(self.blendshaper, lmk.blendshape_points(lm).astype(np.float32))
 
         # 2D branch: mini-Xception on a square gray crop around the landmarks

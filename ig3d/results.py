@@ -23,7 +23,9 @@ class FaceResult:
     the label order; flame: FLAME parameters for the Ig3D presets (None for the default preset);
     scores2d_raw: the 2D network's raw output in its own order (what the head late-fuses: the
     default preset's mini-Xception logits in FER2013's order, DDAMFN++'s logits, CAGE's outputs);
-    features2d: the 2D network's feature for intermediate fusion (Ig3D presets; None otherwise).
+    features2d: the 2D network's feature for intermediate fusion (Ig3D presets; None otherwise);
+    track_id: in video streams, the face's track (kept while the face stays tracked, a new one when
+    it comes back after being lost); None for still images.
     """
 
     box: np.ndarray
@@ -45,6 +47,7 @@ class FaceResult:
     flame: Optional[Dict[str, np.ndarray]] = field(default=None)
     scores2d_raw: Optional[np.ndarray] = field(default=None)
     features2d: Optional[np.ndarray] = field(default=None)
+    track_id: Optional[int] = field(default=None)
 
     @property
     def area(self) -> float:
@@ -72,6 +75,8 @@ class FaceResult:
         }
         if landmarks:
             d["landmarks"] = np.asarray(self.landmarks, np.float64).round(2).tolist()
+        if self.track_id is not None:
+            d["track_id"] = int(self.track_id)
         if self.flame is not None:
             d["flame"] = {k: np.asarray(v, np.float64).tolist() for k, v in self.flame.items()}
         return d
