@@ -190,7 +190,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     params = args.params if args.params in ("all", "short", "full") else [p.strip() for p in args.params.split(",")]
     res = train_head(args.features, head=args.head, params=params, task=args.task, epochs=args.epochs,
-                     batch_size=args.batch_size, seed=args.seed, progress=progress, device=args.device)
+                     batch_size=args.batch_size, seed=args.seed, base_lr=args.lr[0], max_lr=args.lr[1],
+                     progress=progress, device=args.device)
     from .extract import load_features
 
     res.log["features_fingerprint"] = str(load_features(args.features).get("fingerprint", ""))
@@ -278,6 +279,8 @@ def add_parsers(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--epochs", type=int, help="epochs (default per head)")
     p.add_argument("--batch-size", type=int, help="batch size (default per head)")
     p.add_argument("--seed", type=int, default=0, help="seed (same seed, same head)")
+    p.add_argument("--lr", type=float, nargs=2, metavar=("MIN", "MAX"), default=(1e-6, 1e-4),
+                   help="CyclicLR bounds (Ig3D: 1e-6 1e-4; a linear head on little data needs a larger MAX)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--log", help="where to write the JSON training log (default: beside the head)")
     p.set_defaults(func=_cmd_train)
