@@ -301,12 +301,18 @@ def extract(dataset, output: PathLike, *, preset: str = "default", aligned: bool
         parts.mkdir(parents=True)
         (parts / "state.json").write_text(json.dumps(state))
 
+    names = params_mod.param_names(encoder)
+    D = len(names)
     if predictor is None:
         from .predictor import Predictor
 
-        predictor = Predictor(preset, backend=backend, device=device, threads=threads, weights=weights)
-    names = params_mod.param_names(encoder)
-    D = len(names)
+        w = None if preset == "default" else dict(weights or {})
+        if w is not None and "head" not in w:
+            from .hub import weights_dir
+
+            if not (weights_dir() / preset / "head.npz").is_file():
+                w["head"] = _placeholder_head(D)  # extraction reads the encoders only
+        predictor = Predictor(preset, backend=backend, device=device, threads=threads, weights=w)
     blocks_idx = [list(range(s, min(s + BLOCK, hi))) for s in range(lo, hi, BLOCK)]
     done_blocks = {p.name for p in parts.glob("block_*.npz")}
     n_done = sum(len(b) for k, b in enumerate(blocks_idx) if f"block_{k:06d}.npz" in done_blocks)
@@ -356,6 +362,15 @@ def extract(dataset, output: PathLike, *, preset: str = "default", aligned: bool
     _atomic_savez(output, final)
     shutil.rmtree(parts, ignore_errors=True)
     return output
+
+
+def _placeholder_head(D: int):
+    """A head for an Ig3D preset that has none yet (the point of extracting is to train one): the
+    features written do not depend on it."""
+    from .fusion import FusedHead, Layer
+
+    return FusedHead([Layer(np.zeros((1, D), np.float32), None)], input_dim=D, num_classes=1, labels=["none"],
+                     name="extraction placeholder")
 
 
 def _meta(ds, preset: str, encoder: str, names: List[str], K: int, aligned: bool, shard_text: str,

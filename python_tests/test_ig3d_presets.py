@@ -213,3 +213,30 @@ def test_smirk_cage_preset_is_deterministic_and_batch_equals_single(emoca_weight
             np.testing.assert_allclose(list(fb.scores.values()), list(fs.scores.values()), atol=1e-4)
     again = p.predict(faces / names[0])[0]
     np.testing.assert_array_equal(again.params3d, single[0][0].params3d)
+
+
+def test_extract_with_an_ig3d_preset_and_no_head(weights, faces, tmp_path, monkeypatch):
+    """ig3d extract runs an Ig3D preset before any head exists (training one is why it runs):
+    SMIRK's 358 FLAME values, DDAMFN++'s 8 logits and its 512-d fusion feature per image, equal to
+    what the preset gives for the same face."""
+    import shutil
+
+    from ig3d.extract import extract
+    from ig3d.params import param_names
+
+    monkeypatch.setenv("IG3D_HOME", str(tmp_path / "home"))  # no head.npz there
+    (tmp_path / "ds" / "happy").mkdir(parents=True)
+    shutil.copy(faces / "astronaut.png", tmp_path / "ds" / "happy")
+    out = extract(tmp_path / "ds", tmp_path / "f.npz", preset="ig3d-smirk-ddamfn", progress=False,
+                  weights={"smirk": weights / "smirk.onnx", "ddamfn": weights / "ddamfn.onnx"})
+    with np.load(out, allow_pickle=False) as z:
+        f = {k: z[k] for k in z.files}
+    assert f["params3d"].shape == (1, 358) and f["param_names"].tolist() == param_names("smirk")
+    assert f["scores2d"].shape == (1, 8) and f["scores2d_names"].tolist() == list(AFFECTNET8_LABELS)
+    assert f["features2d"].shape == (1, 512)
+    p = ig3d.Predictor("ig3d-smirk-ddamfn", weights={"smirk": weights / "smirk.onnx", "ddamfn": weights,
+                                                      "head": weights / "mid.npz"})
+    (face,) = p.predict(faces / "astronaut.png")
+    np.testing.assert_allclose(f["params3d"][0], face.params3d, atol=1e-6)
+    np.testing.assert_allclose(f["features2d"][0], face.features2d, atol=1e-6)
+    np.testing.assert_allclose(f["scores2d"][0], face.scores2d_raw, atol=1e-6)
