@@ -149,9 +149,21 @@ class DefaultPipeline:
         self.blendshaper = model("face_blendshapes.onnx")
         self.fer = model("fer_mini_xception.onnx")
         self.head = head if head is not None else prior.default_head()
-        if self.head.input_dim != len(prior.PARAMS3D_NAMES) or self.head.num_classes != len(prior.LABELS):
-            raise ValueError(f"head: the default preset needs a head with input_dim={len(prior.PARAMS3D_NAMES)} "
-                             f"and num_classes={len(prior.LABELS)}, got {self.head!r}")
+        h = self.head
+        if (h.input_dim != len(prior.PARAMS3D_NAMES) or h.num_classes < 1
+                or h.scores2d_dim not in (0, len(prior.FER_LABELS))):
+            raise ValueError(f"head: the default preset needs a head with input_dim={len(prior.PARAMS3D_NAMES)}, "
+                             f"num_classes >= 1 and, when it late-fuses, the {len(prior.FER_LABELS)} mini-Xception "
+                             f"scores; got {h!r}")
+        if h.labels is None and h.num_classes != len(prior.LABELS):
+            raise ValueError(f"head: a {h.num_classes}-class head needs class names (labels) for the default preset")
+        #: the head's classes (the prior's 7, or those a trained head was trained on)
+        self.labels = tuple(h.labels) if h.labels else prior.LABELS
+        fer_names = [prior.LABELS[i] for i in prior.FER_TO_LABELS]
+        #: mini-Xception column k -> position in self.labels (-1: a class the head does not have)
+        self._fer_cols = np.array([self.labels.index(n) if n in self.labels else -1 for n in fer_names])
+        #: self.labels -> the prior's label order, for the prior's valence/arousal mapping
+        self._to_prior = np.array([prior.LABELS.index(n) if n in prior.LABELS else -1 for n in self.labels])
         self.head_device = head_device
         if min_face_size is not None and min_face_size <= 0:
             raise ValueError(f"min_face_size must be a positive number of pixels or None, got {min_face_size}")
@@ -292,6 +304,18 @@ class DefaultPipeline:
         faces = self._landmarks(images, [d for d, _ in found])
         return self.refine(images, faces, np.concatenate([m for _, m in found] + [np.zeros(0, bool)]))
 
+    def _prior_probs(self, probs: np.ndarray) -> np.ndarray:
+        """The head's class probabilities in the prior's 7-label order (classes the prior does not
+        have, such as contempt, are left out and the rest renormalised)."""
+        if self.labels == prior.LABELS:
+            return probs
+        out = np.zeros((len(probs), len(prior.LABELS)), np.float32)
+        keep = self._to_prior >= 0
+        out[:, self._to_prior[keep]] = probs[:, keep]
+        total = out.sum(axis=1, keepdims=True)
+        out[total[:, 0] <= 0, prior.LABELS.index("neutral")] = 1.0
+        return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
+
     def _aligned_faces(self, images) -> _Faces:
         """One face per image for pre-aligned face crops (``aligned=True``): no detector runs; the
         landmark model's region is the whole image, upright (its centre, a square of the longer
@@ -352,13 +376,14 @@ class DefaultPipeline:
         fused = self.head(params3d, logits_fer if self.head.scores2d_dim else None, device=self.head_device,
                           threads=1 if self.workers.parallel else None)
         C = len(self.labels)
-        logits_2d = np.zeros((len(lm), C), np.float32)
-        logits_2d[:, prior.FER_TO_LABELS] = logits_fer
+        logits_2d = np.full((len(lm), C), -np.inf, np.float32)  # a class mini-Xception lacks: probability 0
+        have = self._fer_cols >= 0
+        logits_2d[:, self._fer_cols[have]] = logits_fer[:, have]
         logits_3d = fused.out3d[:, :C]
         p2d, p3d = _softmax(logits_2d), _softmax(logits_3d)
         # a head trained with valence/arousal outputs gives its own; otherwise the prior's mapping,
         # which moves with the blendshapes' action-unit activations
-        va = fused.va if fused.va is not None else prior.valence_arousal(fused.probs, bs)
+        va = fused.va if fused.va is not None else prior.valence_arousal(self._prior_probs(fused.probs), bs)
 
         results: List[List[FaceResult]] = [[] for _ in images]
         for f in range(len(lm)):

@@ -174,3 +174,30 @@ def test_evaluate_against_sklearn(extracted):
         metrics.accuracy_score(y, np.maximum(s2, s3).argmax(1)))
     # VA: the default prior head has no VA outputs, so no VA metrics are claimed
     assert "valence_ccc" not in rep
+
+
+def test_default_preset_takes_a_head_with_other_classes(faces):
+    """A head trained on AffectNet-8 (with contempt) runs in the default preset: labels follow the
+    head, mini-Xception's 7 scores fuse into their classes by name, contempt is 3D-only, and
+    valence/arousal still come from the prior's mapping."""
+    from ig3d.labels import AFFECTNET8_LABELS
+    from ig3d.prior import FER_TO_LABELS, LABELS
+
+    rng = np.random.default_rng(0)
+    fer_names = [LABELS[i] for i in FER_TO_LABELS]
+    head = ig3d.FusedHead([ig3d.Layer(rng.normal(size=(8, 55)).astype(np.float32) * 0.1, None)], input_dim=55,
+                          num_classes=8, labels=AFFECTNET8_LABELS, fusion="mean", scores2d_dim=7,
+                          fusion_map=[AFFECTNET8_LABELS.index(n) for n in fer_names])
+    p = ig3d.Predictor(head=head)
+    assert tuple(p.labels) == AFFECTNET8_LABELS
+    (face,) = p.predict(faces / "astronaut.png")
+    assert list(face.scores) == list(AFFECTNET8_LABELS) and face.scores_2d["contempt"] == 0.0
+    z = face.logits_3d.astype(np.float64).copy()
+    for k, name in enumerate(fer_names):
+        z[AFFECTNET8_LABELS.index(name)] = (face.scores2d_raw[k] + face.logits_3d[AFFECTNET8_LABELS.index(name)]) / 2
+    probs = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(list(face.scores.values()), probs, atol=1e-5)
+    assert face.label == "happy" and face.valence > 0.5
+    with pytest.raises(ValueError, match="needs class names"):
+        ig3d.Predictor(head=ig3d.FusedHead([ig3d.Layer(np.zeros((3, 55), np.float32), None)], input_dim=55,
+                                           num_classes=3))
