@@ -3,16 +3,42 @@
     import ig3d
     faces = ig3d.Predictor().predict("photo.jpg")   # list of FaceResult, largest face first
 
-Importing ig3d needs numpy only: ONNX Runtime, Pillow, TensorRT and torch load on first use.
+Importing ig3d needs numpy only: ONNX Runtime, Pillow, TensorRT and torch load on first use. The
+sub-modules load on first attribute access too, so ``import ig3d`` is enough for every documented
+name (``ig3d.hub.fetch(...)``, ``ig3d.convert.convert(...)``, ``ig3d.io.load_image(...)``).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
 from . import kernels, metrics
+from ._version import __version__
 from .engines import available_backends
 from .fusion import FusedHead, FusedOutput, Layer, fold_batchnorm, fuse_scores
 from .predictor import Predictor
 from .results import FaceResult
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time they load on first use
+    from . import convert, engines, faces, fusion, hub, ig3d_presets, io, labels, models, overlay, predictor
+    from . import presets, prior, results
+
+#: sub-modules that ``ig3d.<name>`` imports on first access (PEP 562), so that their heavier
+#: dependencies (urllib for hub, torch for models) load only when used
+_SUBMODULES = ("convert", "engines", "faces", "fusion", "hub", "ig3d_presets", "io", "kernels", "labels", "metrics",
+               "models", "overlay", "predictor", "presets", "prior", "results")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))
+
 
 __all__ = [
     "Predictor",

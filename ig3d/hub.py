@@ -13,7 +13,7 @@ sha256.
 Weights that cannot be downloaded (EMOCA, DECA, SMIRK need registration or come from a file host
 without stable links; CAGE and Ig3D never published theirs) have an entry in :data:`HOW_TO_GET`
 instead: the error for a missing file says where a user obtains it and which ``ig3d convert``
-command turns it into ig3d's format.
+command turns it into ig3d's format, written where the presets look (``$IG3D_HOME/weights/<part>``).
 """
 
 from __future__ import annotations
@@ -69,19 +69,21 @@ REGISTRY: Dict[str, Entry] = {
 HOW_TO_GET: Dict[str, str] = {
     "emoca": ("EMOCA v2 (EMOCA_v2_lr_mse_20) needs registration and accepting the MPI licence at "
               "https://emoca.is.tue.mpg.de (see radekd91/emoca on GitHub). Then run: "
-              "ig3d convert emoca PATH/TO/EMOCA_v2_lr_mse_20/detail/checkpoints/<name>.ckpt -o <dir> "
-              "--trust-checkpoint (Lightning checkpoints hold pickled hyper-parameters)"),
+              "ig3d convert emoca PATH/TO/EMOCA_v2_lr_mse_20/detail/checkpoints/<name>.ckpt "
+              "-o $IG3D_HOME/weights/emoca --trust-checkpoint (Lightning checkpoints hold pickled hyper-parameters)"),
     "deca": ("DECA's deca_model.tar needs registration at https://deca.is.tue.mpg.de (see yfeng95/DECA). "
              "Then run: ig3d convert deca PATH/TO/deca_model.tar -o <dir>"),
     "smirk": ("SMIRK_em1.pt is linked from georgeretsi/smirk's quick_install.sh (its FLAME assets need "
-              "registration at https://flame.is.tue.mpg.de). Then run: ig3d convert smirk PATH/TO/SMIRK_em1.pt -o <dir>"),
+              "registration at https://flame.is.tue.mpg.de). Then run: "
+              "ig3d convert smirk PATH/TO/SMIRK_em1.pt -o $IG3D_HOME/weights/smirk"),
     "ddamfn": ("DDAMFN++ checkpoints: ig3d.hub.fetch('ddamfn++-affectnet8') (or -affectnet7, -rafdb) downloads "
-               "a pinned copy; or download it yourself from SainingZhang/DDAMFN and run: "
-               "ig3d convert ddamfn PATH/TO/checkpoint.pth -o <dir>"),
+               "a pinned copy (or download one yourself from SainingZhang/DDAMFN); then run: "
+               "ig3d convert ddamfn PATH/TO/checkpoint.pth -o $IG3D_HOME/weights/ddamfn"),
     "cage": ("CAGE weights were never published (wagner-niklas/CAGE_expression_inference). Train one with "
-             "that repository and run: ig3d convert cage PATH/TO/state_dict.pt -o <dir>"),
+             "that repository and run: ig3d convert cage PATH/TO/state_dict.pt -o $IG3D_HOME/weights/cage"),
     "ig3d-head": ("Ig3D's 3D heads were never published (dongludeeplearning/Ig3D). Train one with ig3d's "
-                  "torch heads (ig3d.models.ig3d_heads) and run: ig3d convert ig3d-head PATH/TO/head.pt -o <dir>"),
+                  "torch heads (ig3d.models.ig3d_heads) and run: ig3d convert ig3d-head PATH/TO/head.pt "
+                  "--task <task> --encoder <emoca|smirk> -o $IG3D_HOME/weights/<preset>"),
 }
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="ig3d convert needs torch (pip install 'ig3d[torch]')")
+torch = pytest.importorskip("torch", reason="ig3d convert needs torch (pip install 'ig3d[convert]')")
 ort = pytest.importorskip("onnxruntime", reason="runs the exported file")
 
 
@@ -81,3 +81,103 @@ def test_convert_ig3d_head_to_a_preset_head(tmp_path):
                         "--task", "affectnet8", "--encoder", "emoca"], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
     assert r.returncode == 1 and "does not fit emoca" in r.stderr
+
+
+# --- all or nothing: a failed conversion leaves no output; a missing package names its extra
+
+def _ddamfn_checkpoint(path):
+    from ig3d.convert.ddamfn import dead_keys
+    from ig3d.models.ddamfn import DDAMNet
+
+    torch.manual_seed(0)
+    sd = dict(DDAMNet(num_classes=7).state_dict())
+    for k, shape in dead_keys(7).items():
+        sd[k] = torch.zeros(shape, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+    torch.save({"model_state_dict": sd}, path)
+    return path
+
+
+@pytest.mark.parametrize("missing", ["onnx", "torch"])
+def test_convert_without_its_package_names_the_extra_and_writes_nothing(tmp_path, missing):
+    """`ig3d convert` where torch or onnx is not installed (simulated: the module is blocked in
+    sys.modules of the process that runs the command)."""
+    ckpt = _ddamfn_checkpoint(tmp_path / "ddamfn.pth")
+    code = ("import sys\n"
+            "sys.modules[sys.argv[1]] = None\n"
+            "from ig3d.cli import main\n"
+            "sys.exit(main(sys.argv[2:]))\n")
+    out = tmp_path / "new" / "weights" / "ddamfn"
+    r = subprocess.run([sys.executable, "-c", code, missing, "convert", "ddamfn", str(ckpt), "-o", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 1
+    assert f"needs the optional package {missing}: pip install 'ig3d[convert]'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddamfn.pth"]  # no folder, not even a parent
+
+
+def _failing_kind(monkeypatch, written_before_failure: bool):
+    """Replace the ddamfn converter's loader by one whose export writes part of a file and fails."""
+    from ig3d import convert as conv
+
+    def export(model, path):
+        if written_before_failure:
+            path.write_bytes(b"half an onnx file")
+        raise RuntimeError("export failed half way")
+
+    monkeypatch.setitem(conv.KINDS, "ddamfn", lambda path, trust: (torch.nn.Linear(2, 2), export))
+
+
+def test_a_failed_convert_leaves_no_output(tmp_path, monkeypatch):
+    from ig3d.convert import convert
+
+    ckpt = tmp_path / "ckpt.pth"
+    ckpt.write_bytes(b"checked by the loader, which is replaced here")
+    _failing_kind(monkeypatch, written_before_failure=True)
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError, match="export failed half way"):
+        convert("ddamfn", ckpt, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # not out, not a/b, no temporary folder
+
+    # into a folder that exists: what was there stays as it was, nothing is added
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "ddamfn.npz").write_bytes(b"an earlier conversion")
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError):
+        convert("ddamfn", ckpt, existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["ddamfn.npz", "notes.txt"]
+    assert (existing / "ddamfn.npz").read_bytes() == b"an earlier conversion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "existing"]
+
+
+def test_convert_into_an_existing_folder_replaces_its_own_files_only(tmp_path):
+    from ig3d.convert import convert
+    from ig3d.models.ddamfn import DDAMNet
+
+    ckpt = _ddamfn_checkpoint(tmp_path / "ddamfn.pth")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ddamfn.npz").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    written = convert("ddamfn", ckpt, out, onnx=False)
+    assert written == {"weights": out / "ddamfn.npz", "meta": out / "ddamfn.json"}
+    assert sorted(p.name for p in out.iterdir()) == ["ddamfn.json", "ddamfn.npz", "notes.txt"]
+    torch.manual_seed(0)
+    ref = DDAMNet(num_classes=7).state_dict()
+    with np.load(out / "ddamfn.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["fc.weight"], ref["fc.weight"].numpy())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_new_output_folder_gets_ordinary_permissions(tmp_path):
+    from ig3d.convert import staged_output
+
+    ref = tmp_path / "plain"
+    ref.mkdir()
+    with staged_output(tmp_path / "new") as tmp:
+        (tmp / "f.txt").write_text("x")
+    assert (tmp_path / "new" / "f.txt").read_text() == "x"
+    assert (tmp_path / "new").stat().st_mode & 0o777 == ref.stat().st_mode & 0o777
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        with staged_output(tmp_path / "new" / "f.txt"):
+            pass

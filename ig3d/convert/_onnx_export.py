@@ -7,6 +7,8 @@ import os
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
+from .._optional import require
+
 __all__ = ["export_onnx"]
 
 
@@ -22,7 +24,8 @@ def export_onnx(module, dummy, path: Union[str, "os.PathLike[str]"], *, input_na
     surfaces. The file is built in memory first, so a failed export leaves nothing half-written.
     ``postprocess(onnx.ModelProto) -> ModelProto`` may rewrite the graph before it is written.
     """
-    import torch
+    torch = require("torch", "convert", "ONNX export")
+    onnx = require("onnx", "convert", "ONNX export")  # torch's exporter needs it too
 
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -39,8 +42,6 @@ def export_onnx(module, dummy, path: Union[str, "os.PathLike[str]"], *, input_na
             do_constant_folding=True)
     data = buf.getvalue()
     if postprocess is not None:
-        import onnx
-
         data = postprocess(onnx.load_from_string(data)).SerializeToString()
     with open(path, "wb") as f:
         f.write(data)

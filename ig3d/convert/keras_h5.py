@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 __all__ = [
     "FER_LABELS",
     "KerasModel",
@@ -75,7 +77,7 @@ def read_keras_h5(path: str | PathLike[str]) -> KerasModel:
 
     Only plain arrays and JSON are read: nothing is unpickled or executed.
     """
-    import h5py  # deferred: conversion-only dependency
+    h5py = require("h5py", "convert", "reading Keras HDF5 files")  # deferred: conversion-only dependency
 
     with h5py.File(path, "r") as f:
         if "model_config" not in f.attrs:
@@ -237,7 +239,7 @@ def convert_keras_h5(path: str | PathLike[str], *, logits_output: bool = True,
     Outputs: the model output as ``probabilities``; with ``logits_output`` the model must end in
     softmax and the tensor feeding that softmax is a second output ``logits``.
     """
-    import onnx
+    onnx = require("onnx", "convert", "the Keras converter")
     from onnx import TensorProto, helper
 
     model = read_keras_h5(path)

@@ -60,13 +60,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import flatbuffers
 import numpy as np
-import onnx
-from flatbuffers.table import Table
-from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_passes import expand_prelu
+from .._optional import require
+
+flatbuffers = require("flatbuffers", "convert", "the TFLite converter")
+onnx = require("onnx", "convert", "the TFLite converter")
+
+from flatbuffers.table import Table  # noqa: E402  (after the checks above)
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from .onnx_passes import expand_prelu  # noqa: E402
 
 __all__ = [
     "OPSET",
