@@ -1,0 +1,86 @@
+"""Type stub of ``ig3d._core``, the pybind11 module built from ``csrc/bindings.cpp``.
+
+The functions validate their inputs in C++ (``ValueError`` names the argument and both shapes) and
+release the GIL while they compute. Users reach them through :class:`ig3d.FusedHead`,
+:func:`ig3d.fuse_scores` and :mod:`ig3d.kernels`; the shapes below use B = batch, C = classes,
+O = the 3D branch's outputs, N = crops, S = crop side.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+class Head:
+    """The fused head: 3D parameter selection and standardisation, the MLP, intermediate or late
+    fusion with the 2D network, softmax and valence/arousal, in one call."""
+
+    def __init__(
+        self,
+        *,
+        d_raw: int,
+        select: ArrayLike,  # [D] int32 indices into the raw 3D vector
+        mean: ArrayLike,  # [D] float32
+        inv_std: ArrayLike,  # [D] float32
+        weights: List[ArrayLike],  # per layer [out, in] float32
+        biases: List[ArrayLike],  # per layer [out] float32
+        activations: Sequence[int],
+        slopes: Sequence[float],
+        skips: Sequence[int],
+        concat_at: int,
+        concat_2d_first: bool,
+        f2d: int,
+        num_classes: int,
+        va_index: int,
+        fusion_mode: int,
+        fusion_map: ArrayLike,  # [K] int32
+        w2d: ArrayLike,  # [K] float32
+        w3d: ArrayLike,  # [K] float32
+        bf16: bool,
+    ) -> None: ...
+    def forward(
+        self,
+        params3d: ArrayLike,  # [B, d_raw] float
+        scores2d: Optional[ArrayLike] = None,  # [B, k2d] float, for late fusion
+        features2d: Optional[ArrayLike] = None,  # [B, f2d] float, for intermediate fusion
+        device: str = "cpu",  # "cpu" or "cuda"
+        threads: int = 0,  # 0: the default thread count
+    ) -> Tuple[NDArray[np.float32], NDArray[np.float32], Optional[NDArray[np.float32]], NDArray[np.float32]]:
+        """(probs [B, C], logits [B, C], va [B, 2] or None, out3d [B, O])."""
+    @property
+    def d_raw(self) -> int: ...
+    @property
+    def k2d(self) -> int: ...
+    @property
+    def f2d(self) -> int: ...
+    @property
+    def out_dim(self) -> int: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def isa(self) -> str: ...
+    @property
+    def macs_per_row(self) -> int: ...
+
+def fuse_scores(s2d: ArrayLike, s3d: ArrayLike, mode: int, w2d: float, w3d: float) -> NDArray[np.float32]:
+    """Late fusion, element-wise, of two arrays of the same shape."""
+
+def warp_affine(
+    image: NDArray[np.uint8],  # [H, W, 3]
+    minv: ArrayLike,  # [N, 2, 3] crop pixel -> image pixel
+    out_size: int,  # S
+    zero_border: bool,
+    lut: ArrayLike,  # [256] float32, applied to each uint8 sample
+    threads: int = 0,
+) -> NDArray[np.float32]:
+    """Affine crops [N, S, S, 3] float32 with OpenCV's fixed-point bilinear arithmetic."""
+
+def cpu_isa() -> str: ...
+def supported_cpu_isas() -> List[str]: ...
+def force_cpu_isa(name: str) -> None: ...
+def cuda_compiled() -> bool: ...
+def cuda_device_count() -> Tuple[int, str]:
+    """(devices, why there are none: "" when there are)."""
+
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
