@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -10,7 +10,19 @@ import numpy as np
 __all__ = ["FaceResult"]
 
 
-@dataclass
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of two field values: arrays by shape and values, dicts key by key."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if a is None or b is None:
+            return False
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@dataclass(eq=False)
 class FaceResult:
     """One face: where it is, its 3D representation, each branch's reading and the fused one.
 
@@ -26,6 +38,10 @@ class FaceResult:
     features2d: the 2D network's feature for intermediate fusion (Ig3D presets; None otherwise);
     track_id: in video streams, the face's track (kept while the face stays tracked, a new one when
     it comes back after being lost); None for still images.
+
+    ``a == b`` compares values: every field equal, arrays element by element (same shape, exact
+    values; NaN is unequal to itself, as for floats), dicts key by key. Comparing with anything other
+    than a ``FaceResult`` is ``False``. Results are mutable, so they are not hashable.
     """
 
     box: np.ndarray
@@ -48,6 +64,13 @@ class FaceResult:
     scores2d_raw: Optional[np.ndarray] = field(default=None)
     features2d: Optional[np.ndarray] = field(default=None)
     track_id: Optional[int] = field(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FaceResult):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value
 
     @property
     def area(self) -> float:
