@@ -1,25 +1,49 @@
 """Command line.
 
-    ig3d predict PATH...            a table per face
+    ig3d predict PATH...            a table per image (PATH: image files or folders of images)
     ig3d predict --demo             the photo bundled with ig3d
-    ig3d predict PATH --json        JSON (one object per image)
-    ig3d predict PATH --overlay OUT.png   also draw boxes, landmarks and scores
+    ig3d predict PATH --json        JSON Lines: one object per image
+    ig3d predict PATH --overlay OUT also draw boxes, landmarks and scores (OUT: a file, a folder or a pattern)
     ig3d convert KIND CKPT -o DIR   upstream checkpoint -> ig3d weights (.npz) + ONNX
     ig3d info                       build and hardware facts
+    ig3d --version
+
+It behaves like a Unix tool: results go to stdout, problems to stderr; a bad input is reported and
+the others still run; the exit status is 0 when every input was read, 1 when some failed and 2 for
+a usage error; output piped into ``head`` ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from ._version import __version__
+
+__all__ = ["main", "build_parser", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+
+#: what ``ig3d predict FOLDER`` reads (case-insensitive)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: files that get the "is a video" message instead of an attempt to decode them as an image
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+#: images decoded and run together: a folder of thousands is never all in memory at once
+BATCH = 16
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (exit status 2)."""
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import __version__, available_backends, kernels
+    from . import available_backends, kernels
+    from .engines import describe_cuda
 
     facts = {"version": __version__, **kernels.info(), "backends": available_backends()}
+    facts["cuda_status"] = describe_cuda(facts["cuda_devices"], facts["cuda_status"], facts["cuda_compiled"])
     print(json.dumps(facts, indent=2))
     return 0
 
@@ -38,43 +62,170 @@ def _table(path: str, faces) -> str:
     return "\n".join(lines)
 
 
+def _is_video(path: Path) -> bool:
+    """A video file, by its name (checked before reading, so a large video is never loaded as an image)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _video_message(name: str) -> str:
+    return f"'{name}': a video file; ig3d predict reads still images ({', '.join(IMAGE_SUFFIXES)})"
+
+
+def _folder_images(folder: Path, recursive: bool) -> List[Path]:
+    """The images in ``folder`` (and its subfolders with ``recursive``) in name order; hidden files and
+    folders (names starting with ".") are skipped, as ``ls`` does. Symlinked folders are not followed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found, key=lambda q: q.relative_to(folder).parts)
+
+
+class _Input(NamedTuple):
+    name: str             # the path as shown and read
+    error: Optional[str]  # why it cannot be read, found before reading it
+    rel: Path             # its path below the folder argument it came from (its file name otherwise)
+
+
+def _inputs(paths: Sequence[str], recursive: bool) -> List[_Input]:
+    """Command-line paths -> one entry per image, or per argument that is no image source, in order."""
+    out: List[_Input] = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            images = _folder_images(path, recursive)
+            if not images:
+                more = "" if recursive or not any(q.is_dir() for q in path.iterdir()) else \
+                    "; --recursive reads its subfolders"
+                out.append(_Input(arg, f"'{arg}': a folder with no images ({', '.join(IMAGE_SUFFIXES)}){more}",
+                                  Path(path.name)))
+            out += [_Input(str(q), None, q.relative_to(path)) for q in images]
+        elif not path.exists():
+            out.append(_Input(arg, f"'{arg}': no such file or folder", Path(path.name)))
+        elif _is_video(path):
+            out.append(_Input(arg, _video_message(arg), Path(path.name)))
+        else:
+            out.append(_Input(arg, None, Path(path.name)))
+    return out
+
+
+#: what --overlay may write (Pillow picks the format from the extension)
+_OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+_PATTERN_KEYS = ("{stem}", "{name}", "{parent}")
+
+
+def _overlay_paths(spec: str, several: bool, images: Sequence[_Input]) -> Dict[str, Path]:
+    """Where --overlay writes each image's drawing: a file (one input); a folder (``<stem>.png`` in it,
+    in the same subfolders as below a folder argument); or a pattern with ``{stem}`` (file name
+    without extension), ``{name}`` (file name) or ``{parent}`` (its folder's name). Raises
+    :class:`UsageError` for a target that cannot work: no image extension, two inputs on one file,
+    or an input overwritten."""
+    if any(k in spec for k in _PATTERN_KEYS):
+        try:
+            spec.format(stem="x", name="x.png", parent="p")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(f"--overlay {spec!r}: a pattern may hold {', '.join(_PATTERN_KEYS)} only ({e!r})") from e
+
+        def target(item: _Input) -> Path:
+            q = Path(item.name)
+            return Path(spec.format(stem=q.stem, name=q.name, parent=q.resolve().parent.name))
+    elif several or Path(spec).is_dir() or spec.endswith(("/", os.sep)):
+        folder = Path(spec)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--overlay {spec!r}: with several images OUT is a folder (or a pattern with {{stem}}), "
+                             "but this is a file")
+
+        def target(item: _Input) -> Path:
+            return folder / item.rel.with_suffix(".png")
+    else:
+        def target(item: _Input) -> Path:
+            return Path(spec)
+    plan: Dict[str, Path] = {}
+    seen: Dict[Path, str] = {}
+    inputs = {Path(i.name).resolve() for i in images}
+    for item in images:
+        out = target(item)
+        if out.suffix.lower() not in _OVERLAY_SUFFIXES:
+            raise UsageError(f"--overlay: {str(out)!r} needs an image extension ({', '.join(_OVERLAY_SUFFIXES)})")
+        key = out.resolve()
+        if key in seen:
+            raise UsageError(f"--overlay: '{seen[key]}' and '{item.name}' would both be written to '{out}'; use a "
+                             f"pattern that tells them apart ({', '.join(_PATTERN_KEYS)})")
+        if key in inputs:
+            raise UsageError(f"--overlay: '{out}' is an input image; it would be overwritten")
+        seen[key] = item.name
+        plan[item.name] = out
+    return plan
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import Predictor
     from .io import load_image
     from .presets import asset_path
 
-    paths: List[str] = list(args.paths)
-    if args.demo:
-        paths.insert(0, asset_path("astronaut.png"))
+    if args.landmarks and not args.json:
+        raise UsageError("--landmarks adds the 478 points to the JSON output: use it with --json")
+    demo = asset_path("astronaut.png") if args.demo else None
+    paths: List[str] = ([demo] if demo else []) + list(args.paths)
     if not paths:
-        print("ig3d predict: give image paths, or --demo", file=sys.stderr)
-        return 2
-    if args.overlay and len(paths) != 1:
-        print("ig3d predict: --overlay takes exactly one image", file=sys.stderr)
-        return 2
-    predictor = Predictor(preset=args.preset, backend=args.backend, device=args.device)
-    images = []
-    for p in paths:
-        try:
-            images.append(load_image(p))
-        except (FileNotFoundError, ValueError) as e:
-            print(f"ig3d predict: {e}", file=sys.stderr)
-            return 1
-    results = predictor.predict_batch(images)
-    if args.json:
-        out = [{"image": p, "faces": [f.to_dict(landmarks=args.landmarks) for f in faces]}
-               for p, faces in zip(paths, results)]
-        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
-    else:
-        shown = ["demo: " + p if args.demo and i == 0 else p for i, p in enumerate(paths)]
-        print("\n".join(_table(p, faces) for p, faces in zip(shown, results)))
+        raise UsageError("give image files or folders, or --demo")
+    inputs = _inputs(paths, args.recursive)
+    good = [i for i in inputs if i.error is None]
+    overlay: Dict[str, Path] = {}
     if args.overlay:
-        from .overlay import draw_overlay
+        several = len(paths) > 1 or any(Path(q).is_dir() for q in paths)
+        overlay = _overlay_paths(args.overlay, several, good)
+    predictor = Predictor(preset=args.preset, backend=args.backend, device=args.device)
+    failed = 0
 
-        draw_overlay(images[0], results[0]).save(args.overlay)
-        if not args.json:
-            print(f"overlay written to {args.overlay}")
-    return 0
+    def report(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        sys.stdout.flush()  # what came before the bad input is printed before its message
+        print(f"ig3d predict: {message}", file=sys.stderr, flush=True)
+
+    def run(batch: List[Tuple[str, object]]) -> None:
+        results = predictor.predict_batch([image for _, image in batch])
+        for (name, image), faces in zip(batch, results):
+            if args.json:
+                print(json.dumps({"image": name, "faces": [f.to_dict(landmarks=args.landmarks) for f in faces]}))
+            else:
+                print(_table("demo: " + name if name == demo else name, faces))
+            if name in overlay:
+                from .overlay import draw_overlay
+
+                out = overlay[name]
+                try:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    draw_overlay(image, faces).save(out)
+                except (OSError, ValueError) as e:
+                    report(f"'{out}': could not write the overlay ({e})")
+                    continue
+                if not args.json:
+                    print(f"overlay written to {out}")
+        sys.stdout.flush()
+
+    batch: List[Tuple[str, object]] = []
+    for name, error, _ in inputs:
+        if error is not None:
+            report(error)
+            continue
+        try:
+            batch.append((name, load_image(name)))
+        except ValueError as e:
+            report(str(e))
+            continue
+        except OSError as e:  # unreadable: permissions, a device, ...
+            report(f"'{name}': cannot read it ({e.strerror or type(e).__name__})")
+            continue
+        if len(batch) == BATCH:
+            run(batch)
+            batch = []
+    if batch:
+        run(batch)
+    return 1 if failed else 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -83,38 +234,81 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.kind == "ig3d-head":
         if not (args.task and args.encoder):
             raise ValueError("ig3d convert ig3d-head needs --task and --encoder")
+        if args.expression_extra:
+            raise ValueError("--expression-extra is only for ig3d convert emoca")
         written = convert_head(args.checkpoint, args.output, task=args.task, encoder=args.encoder,
                                fusion=args.fusion, scores2d_order=args.scores2d_order,
                                trust_checkpoint=args.trust_checkpoint)
     else:
         written = convert(args.kind, args.checkpoint, args.output, trust_checkpoint=args.trust_checkpoint,
-                          onnx=not args.no_onnx)
+                          onnx=not args.no_onnx, expression_extra=args.expression_extra)
     for role, path in written.items():
         print(f"{role}: {path}")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`ig3d predict ... | head`): stop quietly. Python's documented recipe:
+        # point stdout at devnull so that the flush at exit does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ig3d`` argument parser with every subcommand (the workflow ones from :mod:`ig3d.workflow_cli`)."""
     parser = argparse.ArgumentParser(prog="ig3d", description="ig3d: facial-expression inference (Ig3D)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="read the faces in images")
-    p.add_argument("paths", nargs="*", help="image files")
+    p = sub.add_parser(
+        "predict", help="read the faces in images",
+        description="Read the faces in images: a table per image, or JSON Lines with --json. A bad input is "
+                    "reported on stderr and the others still run; exit status 1 if any failed.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help=f"image files, or folders whose images ({', '.join(IMAGE_SUFFIXES)}) are read in name order")
     p.add_argument("--demo", action="store_true", help="run on the photo bundled with ig3d")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--landmarks", action="store_true", help="include the 478 landmarks in --json output")
-    p.add_argument("--overlay", metavar="OUT.png", help="draw boxes, landmarks and scores into OUT.png")
-    p.add_argument("--preset", default="default")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("-r", "--recursive", action="store_true", help="also read the images in subfolders of folders")
+    p.add_argument("--json", action="store_true",
+                   help='JSON Lines instead of a table: one {"image": ..., "faces": [...]} object per line per image')
+    p.add_argument("--landmarks", action="store_true", help="add the 478 landmarks to each face (needs --json)")
+    p.add_argument("--overlay", metavar="OUT",
+                   help="draw boxes, landmarks and scores: with one image into the file OUT (e.g. out.png); with "
+                        "several into the folder OUT (created; <stem>.png each) or a name pattern with {stem} or "
+                        "{name}, e.g. 'out/{stem}_faces.jpg'")
+    p.add_argument("--preset", default="default",
+                   help="default (bundled), or an Ig3D preset: ig3d-smirk-ddamfn, ig3d-emoca-ddamfn, ig3d-emoca-cage, "
+                        "ig3d-smirk-cage (their weights under $IG3D_HOME/weights)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+                   help="what runs the networks (default: auto)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when ONNX Runtime has it, else the CPU; cuda without a GPU is an error")
     p.set_defaults(func=_cmd_predict)
 
     from .convert import KINDS
+    from .engines import cache_root
 
-    p_conv = sub.add_parser("convert", help="convert an upstream checkpoint to ig3d weights + ONNX (needs torch)")
-    p_conv.add_argument("kind", choices=sorted(KINDS) + ["ig3d-head"])
+    weights = cache_root() / "weights"
+    p_conv = sub.add_parser(
+        "convert", help="convert an upstream checkpoint to ig3d weights + ONNX (pip install 'ig3d[convert]')",
+        description="Convert an upstream checkpoint to ig3d weights (.npz) and an ONNX file. Needs the convert "
+                    "extra (pip install 'ig3d[convert]'). Output is all or nothing: a failed run leaves no files.",
+        epilog=f"The Ig3D presets look for each part in $IG3D_HOME/weights/<part> (here {weights}/<part>): "
+               f"convert a SMIRK checkpoint with -o {weights / 'smirk'}, and an Ig3D head with "
+               f"-o {weights}/<preset>, e.g. {weights / 'ig3d-smirk-ddamfn'}.")
+    p_conv.add_argument("kind", choices=sorted(KINDS) + ["ig3d-head"],
+                        help="what the checkpoint is: smirk (SMIRK_em1.pt), ddamfn (a DDAMFN++ .pth), emoca (an EMOCA "
+                             "Lightning .ckpt), deca (deca_model.tar), cage (a CAGE state dict), ig3d-head (an Ig3D "
+                             "3D head: needs --task and --encoder)")
     p_conv.add_argument("checkpoint", help="the upstream checkpoint file")
-    p_conv.add_argument("-o", "--output", required=True, help="output folder")
+    p_conv.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help=f"output folder (created). The presets read $IG3D_HOME/weights/<part> (here "
+                             f"{weights}/<part>), e.g. -o {weights / 'smirk'} for smirk")
     p_conv.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unpickling Python objects (only for files you trust)")
     p_conv.add_argument("--no-onnx", action="store_true", help="write the weights only")
@@ -124,6 +318,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="ig3d-head: late fusion mode for a 3D-only head (Ig3D's weights)")
     p_conv.add_argument("--scores2d-order", choices=["native", "ddamfn++"],
                         help="ig3d-head, rafdb: class order of the 2D network's scores")
+    p_conv.add_argument("--expression-extra", choices=["jaw", "global"],
+                        help="emoca, 53-wide E_expression without a cfg.yaml beside the checkpoint: its 3 extra "
+                             "outputs are the jaw pose (exp_deca_jaw_pose) or the global head rotation "
+                             "(exp_deca_global_pose)")
     p_conv.set_defaults(func=_cmd_convert)
 
     from .workflow_cli import add_parsers as add_workflow_parsers
@@ -132,11 +330,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p_info = sub.add_parser("info", help="print build and hardware facts as JSON")
     p_info.set_defaults(func=_cmd_info)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+    except UsageError as e:
+        print(f"ig3d {args.command}: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
         print(f"ig3d {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io as _io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,15 @@ def _decode(data: bytes, name: str) -> np.ndarray:
         with Image.open(_io.BytesIO(data)) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later
             return _from_pil(im, name)
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{name}: not a readable image ({e})") from e
+    except UnidentifiedImageError as e:  # its text names PIL's internal BytesIO object: not for users
+        raise ValueError(f"{name}: not a readable image (not a format Pillow can decode)") from e
     except (OSError, SyntaxError) as e:  # truncated or corrupt data
-        raise ValueError(f"{name}: corrupt or truncated image ({e})") from e
+        raise ValueError(f"{name}: corrupt or truncated image ({_without_reprs(e)})") from e
+
+
+def _without_reprs(e: BaseException) -> str:
+    """An exception's text without object reprs such as ``<_io.BytesIO object at 0x7f...>``."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e)).strip() or type(e).__name__
 
 
 def _from_pil(im, name: str) -> np.ndarray:

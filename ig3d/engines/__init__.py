@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores"]
+__all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores",
+           "describe_cuda"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,6 +45,31 @@ def available_backends() -> List[str]:
     if "TensorrtExecutionProvider" in providers:
         out.append("tensorrt-cuda")
     return out
+
+
+#: CUDA runtime error name -> what it means for a user, for :func:`describe_cuda`
+_CUDA_REASONS = {
+    "cudaErrorNoDevice": "no NVIDIA GPU was found",
+    "cudaErrorInsufficientDriver": "no NVIDIA driver is loaded, or it is older than this build's CUDA runtime",
+    "cudaErrorNotPermitted": "the process may not use the GPU",
+    "cudaErrorDevicesUnavailable": "every GPU is busy or in exclusive use",
+    "cudaErrorSystemDriverMismatch": "the NVIDIA driver and its kernel module do not match",
+}
+
+
+def describe_cuda(devices: int, status: str = "", compiled: bool = True) -> str:
+    """``kernels.info()``'s CUDA facts as words: "1 CUDA device", or "no CUDA device (why, then the
+    raw CUDA error)" instead of a bare ``cudaErrorInsufficientDriver: ...``."""
+    if devices > 0:
+        return f"{devices} CUDA device{'s' if devices != 1 else ''}"
+    if not compiled:
+        return f"no CUDA device (this build of ig3d has no CUDA support: {status})" if status else \
+            "no CUDA device (this build of ig3d has no CUDA support)"
+    code = status.split(":")[0].strip()
+    reason = _CUDA_REASONS.get(code)
+    if reason and status:
+        return f"no CUDA device ({reason}; {status})"
+    return f"no CUDA device ({status})" if status and status != "ok" else "no CUDA device"
 
 
 def resolve(backend: str = "auto", device: str = "auto") -> Tuple[str, str]:
