@@ -394,7 +394,13 @@ def _meta(ds, preset: str, encoder: str, names: List[str], K: int, aligned: bool
 
 
 def load_features(path: PathLike) -> Dict[str, np.ndarray]:
-    """A features file as a dict of arrays (no pickle), checked: every per-row array has N rows."""
+    """A features file as a dict of arrays, checked (:func:`ig3d.train.load_features`)."""
+    from .train import load_features as load
+
+    return load(path)
+
+
+def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"features file not found: {path}")
@@ -403,16 +409,9 @@ def load_features(path: PathLike) -> Dict[str, np.ndarray]:
             f = {k: z[k] for k in z.files}
     except Exception as e:
         raise ValueError(f"{path}: not a readable ig3d features file (.npz): {e}") from e
-    for key in ("params3d", "param_names", "scores2d", "class_names", "split", "paths"):
+    for key in ("params3d", "shard", "fingerprint"):
         if key not in f:
-            raise ValueError(f"{path}: missing {key!r}: not an ig3d features file (written by `ig3d extract`)")
-    n = len(f["params3d"])
-    for key in ("scores2d", "features2d", "labels", "va", "paths", "split"):
-        if key in f and len(f[key]) != n:
-            raise ValueError(f"{path}: {key!r} has {len(f[key])} rows, params3d has {n}")
-    if f["params3d"].ndim != 2 or f["params3d"].shape[1] != len(f["param_names"]):
-        raise ValueError(f"{path}: params3d {list(f['params3d'].shape)} does not match "
-                         f"{len(f['param_names'])} param_names")
+            raise ValueError(f"{path}: missing {key!r}: not a features file written by `ig3d extract`")
     return f
 
 
@@ -421,7 +420,7 @@ def merge(shards: Sequence[PathLike], output: PathLike) -> Path:
     to the file a single run writes."""
     if not shards:
         raise ValueError("merge: no shard files given")
-    files = [load_features(p) for p in shards]
+    files = [_read_npz(p) for p in shards]
     texts = [str(f["shard"]) for f in files]
     if any(not t for t in texts):
         bad = [str(p) for p, t in zip(shards, texts) if not t]
