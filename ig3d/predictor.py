@@ -102,13 +102,76 @@ class Predictor:
     def predict(self, image: Any, *, color: str = "rgb") -> List[FaceResult]:
         """Faces in one image (path, bytes, PIL image or numpy array; ``color="bgr"`` for OpenCV
         arrays), largest first."""
-        return self._pipeline.run([load_image(image, color=color)])[0]
+        return self._open().run([load_image(image, color=color)])[0]
 
     def predict_batch(self, images: Sequence[Any], *, color: str = "rgb") -> List[List[FaceResult]]:
         """Faces in each of several images, one list per image, all faces batched together."""
         if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
             raise ValueError("predict_batch: expected a sequence of images (use predict() for one image)")
-        return self._pipeline.run([load_image(im, color=color) for im in images])
+        return self._open().run([load_image(im, color=color) for im in images])
+
+    def tracker(self, *, max_faces: int = 4, smoothing: Any = "default", detect_every: int = 10,
+                color: str = "rgb", fps: Optional[float] = None):
+        """A :class:`ig3d.stream.Tracker` for apps that own their frame loop:
+        ``faces = tracker.update(frame, timestamp)`` per frame (timestamps in seconds, increasing),
+        ``tracker.reset()`` between sequences. Same arguments and results as :meth:`stream`."""
+        from .stream import Tracker
+
+        return Tracker(self._live_pipeline(), max_faces=max_faces, smoothing=smoothing, detect_every=detect_every,
+                       color=color, fps=fps)
+
+    def stream(self, source: Any, *, max_faces: int = 4, smoothing: Any = "default", detect_every: int = 10,
+               color: str = "rgb", fps: Optional[float] = None, timestamps: Optional[Sequence[float]] = None,
+               camera_options: Optional[dict] = None):
+        """Faces in every frame of a video file, a camera or an iterable of frames, tracked from
+        frame to frame: an iterator of :class:`ig3d.stream.FrameResult` ``(index, timestamp, faces)``
+        whose faces carry a ``track_id``.
+
+        Args:
+            source: a video path or URL (any container and codec FFmpeg reads; needs
+                ``pip install "ig3d[video]"``), a camera (an int index or a device path), or an
+                iterable of frames (numpy arrays, PIL images) or of ``(frame, timestamp)`` pairs.
+            max_faces: most faces tracked at once.
+            smoothing: ``"default"``, a :class:`ig3d.smoothing.Smoothing`, or ``None`` for each
+                frame's raw outputs.
+            detect_every: while fewer than ``max_faces`` faces are tracked, the detectors run
+                every this many frames (and on the first frame, and when a face is lost).
+            color: ``"bgr"`` for OpenCV frames.
+            fps, timestamps: for iterables without timestamps (default: 30 frames/s).
+            camera_options: FFmpeg options for a camera, e.g. ``{"video_size": "1280x720"}``.
+
+        A file is decoded in a background thread while earlier frames go through the networks.
+        Use it in a ``with`` block (or call ``close()``) to stop decoding early.
+        """
+        from .stream import Stream
+        from .video import open_source
+
+        tracker = self.tracker(max_faces=max_faces, smoothing=smoothing, detect_every=detect_every, color=color,
+                               fps=fps)
+        return Stream(tracker, open_source(source, timestamps=timestamps, fps=fps, color=color,
+                                           camera_options=camera_options))
+
+    def _open(self):
+        if self._pipeline is None:
+            raise RuntimeError("this Predictor is closed")
+        return self._pipeline
+
+    def _live_pipeline(self):
+        pipeline = self._open()
+        if pipeline is not getattr(pipeline, "faces", pipeline) and not hasattr(pipeline, "results_from_faces"):
+            raise ValueError(f"preset {self._preset!r}: video streams are not available for this preset yet")
+        return pipeline
+
+    def close(self) -> None:
+        """Release the networks and the worker threads (also at the end of a ``with`` block).
+        Later calls raise ``RuntimeError``."""
+        self._pipeline = None
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r})"
