@@ -477,7 +477,8 @@ def test_photos_as_imagefolder_rafdb_and_fer(faces, tmp_path):
     for i, s in enumerate(ds.samples):
         want = np.asarray(Image.open(faces / Path(s.path).name).convert("RGB"))
         np.testing.assert_array_equal(ds.load(i), want)
-    assert ds.load([Path(s.path).name for s in ds.samples].index("free-mountain-vector-01.jpg")).shape == (1080, 1920, 3)
+    mountain = [Path(s.path).name for s in ds.samples].index("free-mountain-vector-01.jpg")
+    assert ds.load(mountain).shape == (1080, 1920, 3)
 
     # RAF-DB: 100x100 "aligned" crops; label 1 is surprise, 4 happiness
     raf = tmp_path / "raf"

@@ -35,8 +35,12 @@ from ig3d.convert.emoca import (  # noqa: E402  (after the torch skip)
     build_emoca,
     encoder_schema,
     export_emoca_onnx,
+    find_emoca_cfg,
+    load_emoca,
     load_emoca_checkpoint,
     onnx_output_names,
+    read_cfg_expression_flags,
+    resolve_expression_extra,
 )
 from ig3d.models.emoca import (  # noqa: E402
     FULL_DIM,
@@ -226,12 +230,20 @@ def test_wrong_shape_is_named(cheap_state, tmp_path):
         build_emoca(stripped)
 
 
-def test_jaw_variant_53_is_read_from_the_checkpoint(cheap_state):
+def test_53_wide_expression_head_needs_to_be_told_what_its_extra_outputs_are(cheap_state):
     sd = {k[len("deca."):]: v for k, v in cheap_state.items() if "E_detail" not in k}
     sd["E_expression.layers.2.weight"] = torch.zeros(53, 1024)
     sd["E_expression.layers.2.bias"] = torch.zeros(53)
-    m = build_emoca(sd)
-    assert m.expression_dim == 53 and not m.has_detail
+    with pytest.raises(ValueError, match=r"53 outputs.*exp_deca_jaw_pose.*exp_deca_global_pose.*expression_extra"):
+        build_emoca(sd)
+    for extra in ("jaw", "global"):
+        m = build_emoca(sd, extra)
+        assert m.expression_dim == 53 and m.expression_extra == extra and not m.has_detail
+    with pytest.raises(ValueError, match="expected 'jaw' or 'global'"):
+        build_emoca(sd, "neck")
+    fifty = {k[len("deca."):]: v for k, v in cheap_state.items()}
+    with pytest.raises(ValueError, match="a 50-wide E_expression: it holds no extra pose values"):
+        build_emoca(fifty, "jaw")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,9 +261,16 @@ def test_decompose_codes_matches_upstream_slices():
     # DECA: no E_expression -> exp is E_flame's
     assert torch.equal(decompose_codes(flame)["exp"], flame[:, 150:200])
     # exp_deca_jaw_pose: E_expression's last 3 replace the jaw half of pose, global rotation kept
-    j = decompose_codes(flame, exp53)
+    j = decompose_codes(flame, exp53, expression_extra="jaw")
     assert torch.equal(j["exp"], exp53[:, :50])
     assert torch.equal(j["pose"], torch.cat([flame[:, 200:203], exp53[:, 50:]], 1))
+    # exp_deca_global_pose: they replace the global rotation, E_flame's jaw kept (ExpDECA.decompose_code:
+    # torch.cat([pose_code_exp_deca, pose_code_deca[:, 3:]], dim=1))
+    gl = decompose_codes(flame, exp53, expression_extra="global")
+    assert torch.equal(gl["exp"], exp53[:, :50])
+    assert torch.equal(gl["pose"][:, :3], exp53[:, 50:53]) and torch.equal(gl["pose"][:, 3:], flame[:, 203:206])
+    with pytest.raises(ValueError, match="53-wide exp_code needs expression_extra='jaw' or 'global'"):
+        decompose_codes(flame, exp53)
     with pytest.raises(ValueError, match="50 or 53"):
         decompose_codes(flame, torch.zeros(2, 51))
 
@@ -357,3 +376,157 @@ def test_onnx_matches_torch(short_model, images, onnx_session, batch):
         # upstream-like weights outputs reach |220| and diffs 1.5e-4 (relative 1e-6) [measured].
         scale = max(1.0, float(w.abs().max()))
         np.testing.assert_allclose(g, w.numpy(), rtol=0, atol=1e-4 * scale, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# A 53-wide E_expression: jaw pose or global rotation, from EMOCA's cfg.yaml or expression_extra.
+
+def _cfg_text(stages) -> str:
+    """An EMOCA model folder's cfg.yaml as OmegaConf writes it (block style, lists at the key's indent),
+    with ``stages`` = {stage: (exp_deca_jaw_pose, exp_deca_global_pose)}."""
+    parts = ["# written by OmegaConf.save"]
+    for stage, (jaw, glob) in stages.items():
+        parts += [f"{stage}:", "  model:", "    deca_class: ExpDECA", "    expression_backbone: deca_clone",
+                  f"    exp_deca_global_pose: {str(glob).lower()}",
+                  f"    exp_deca_jaw_pose: {str(jaw).lower()}  # jaw from E_expression",
+                  "    n_exp: 50", "    flame_model_path: /data/FLAME/geometry/generic_model.pkl",
+                  "  learning:", "    losses:", "    - name: l1", "      exp_deca_jaw_pose: not-a-flag",
+                  "    optimizer: adam", "  inout:", f"    checkpoint_dir: /runs/x/{stage}/checkpoints"]
+    return "\n".join(parts) + "\n"
+
+
+@pytest.fixture(scope="module")
+def state53(cheap_state):
+    """Lightning-style state dict with a 53-wide E_expression (random last layer), no E_detail."""
+    g = torch.Generator().manual_seed(5)
+    sd = {k: v for k, v in cheap_state.items() if "E_detail" not in k}
+    sd["deca.E_expression.layers.2.weight"] = torch.randn(53, 1024, generator=g)
+    sd["deca.E_expression.layers.2.bias"] = torch.randn(53, generator=g)
+    return sd
+
+
+def _model_folder(root, state, stages=None, stage="detail"):
+    """<root>/<stage>/checkpoints/deca-epoch=03.ckpt (+ <root>/cfg.yaml when ``stages``)."""
+    ckpt = root / stage / "checkpoints" / "deca-epoch=03.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": state}, ckpt)
+    if stages is not None:
+        (root / "cfg.yaml").write_text(_cfg_text(stages))
+    return ckpt
+
+
+def test_global_pose_head_lands_in_the_global_rotation(state53, tmp_path):
+    """The forward pass puts the 3 extra outputs where EMOCA's ExpDECA.decompose_code puts them."""
+    ckpt = _model_folder(tmp_path / "m", state53)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for extra in ("jaw", "global"):
+        m = load_emoca(ckpt, expression_extra=extra)
+        raw = {}
+        hooks = [getattr(m, n).register_forward_hook(lambda mod, i, o, n=n: raw.__setitem__(n, o.detach().clone()))
+                 for n in ("E_flame", "E_expression")]
+        with torch.no_grad():
+            outs[extra] = m(x)
+        for h in hooks:
+            h.remove()
+        assert raw["E_expression"].shape == (1, 53) and torch.equal(outs[extra]["exp"], raw["E_expression"][:, :50])
+        if extra == "jaw":
+            want = torch.cat([raw["E_flame"][:, 200:203], raw["E_expression"][:, 50:]], 1)
+        else:
+            want = torch.cat([raw["E_expression"][:, 50:], raw["E_flame"][:, 203:206]], 1)
+        assert torch.equal(outs[extra]["pose"], want), extra
+        assert torch.equal(emoca_short(outs[extra])[:, 50:56], want)  # Ig3D's vector keeps its layout
+    assert not torch.equal(outs["jaw"]["pose"], outs["global"]["pose"])
+
+
+@pytest.mark.parametrize("stages,expected", [
+    # EMOCA's shipped settings: jaw pose in coarse training; the detail stage's own flags decide
+    ({"coarse_pretraining": (True, False), "coarse": (True, False), "detail": (True, False)}, "jaw"),
+    ({"coarse": (True, False), "detail": (False, True)}, "global"),
+])
+def test_cfg_yaml_beside_the_checkpoint_decides(state53, tmp_path, stages, expected):
+    ckpt = _model_folder(tmp_path / "EMOCA_x", state53, stages)
+    assert find_emoca_cfg(ckpt) == tmp_path / "EMOCA_x" / "cfg.yaml"
+    assert load_emoca(ckpt).expression_extra == expected
+    assert load_emoca(ckpt, expression_extra=expected).expression_extra == expected  # agreeing is fine
+    other = "global" if expected == "jaw" else "jaw"
+    with pytest.raises(ValueError, match=rf"expression_extra='{other}' contradicts .*cfg\.yaml sets "
+                                         rf"detail\.model\.exp_deca_jaw_pose"):
+        load_emoca(ckpt, expression_extra=other)
+
+
+def test_without_cfg_yaml_the_user_must_say(state53, tmp_path):
+    ckpt = _model_folder(tmp_path / "a" / "b" / "c" / "m", state53)
+    (tmp_path / "cfg.yaml").write_text(_cfg_text({"detail": (True, False)}))  # 4 levels up: too far
+    assert find_emoca_cfg(ckpt) is None
+    with pytest.raises(ValueError, match=r"53 outputs.*no cfg\.yaml was found beside it \(looked in .*checkpoints, "
+                                         r".*--expression-extra jaw\|global"):
+        load_emoca(ckpt)
+    assert load_emoca(ckpt, expression_extra="global").expression_extra == "global"
+    # a 50-wide checkpoint needs nothing and refuses the argument
+    assert resolve_expression_extra(ckpt, 50) is None and resolve_expression_extra(ckpt, None) is None
+    with pytest.raises(ValueError, match="no E_expression: it holds no extra pose values"):
+        resolve_expression_extra(ckpt, None, "jaw")
+
+
+def test_cfg_yaml_that_does_not_settle_it(state53, tmp_path):
+    # the checkpoint's stage says neither flag (a 50-wide head): only an explicit value settles it
+    ckpt = _model_folder(tmp_path / "m1", state53, {"coarse": (True, False), "detail": (False, False)})
+    with pytest.raises(ValueError, match=r"detail\.model\.exp_deca_jaw_pose=False.*50 wide.*expression_extra="):
+        load_emoca(ckpt)
+    assert load_emoca(ckpt, expression_extra="jaw").expression_extra == "jaw"
+    # both flags (a 56-wide head) do not describe a 53-wide one either
+    ckpt = _model_folder(tmp_path / "m2", state53, {"detail": (True, True)})
+    with pytest.raises(ValueError, match="56 wide"):
+        load_emoca(ckpt)
+    # the checkpoint is not in <stage>/checkpoints/: stages that agree answer, stages that disagree do not
+    for name, stages, ok in (("m3", {"coarse": (False, True), "detail": (False, True)}, True),
+                             ("m4", {"coarse": (True, False), "detail": (False, True)}, False)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cfg.yaml").write_text(_cfg_text(stages))
+        ckpt = folder / "emoca.ckpt"
+        torch.save({"state_dict": state53}, ckpt)
+        if ok:
+            assert load_emoca(ckpt).expression_extra == "global"
+        else:
+            with pytest.raises(ValueError, match="the stages disagree"):
+                load_emoca(ckpt)
+
+
+def test_cfg_reader(tmp_path):
+    text = _cfg_text({"coarse": (True, False), "detail": (False, True)})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    want = {"coarse": {"jaw": True, "global": False}, "detail": {"jaw": False, "global": True}}
+    assert read_cfg_expression_flags(path, use_pyyaml=False) == want  # the built-in reader
+    yaml = pytest.importorskip("yaml", reason="compares the built-in reader with PyYAML")
+    assert yaml.safe_load(text)["detail"]["model"]["exp_deca_global_pose"] is True  # the text is real YAML
+    assert read_cfg_expression_flags(path, use_pyyaml=True) == want
+    # a flat config with a top-level model section; YAML's other spellings of booleans; quoted keys
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model:\n  'exp_deca_jaw_pose': yes\n  exp_deca_global_pose: False\n")
+    for use in (False, True):
+        assert read_cfg_expression_flags(flat, use_pyyaml=use) == {"": {"jaw": True, "global": False}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detail:\n  model:\n    exp_deca_jaw_pose: maybe\n")
+    for use in (False, True):
+        with pytest.raises(ValueError, match=r"bad\.yaml: detail\.model\.exp_deca_jaw_pose: expected true or false"):
+            read_cfg_expression_flags(bad, use_pyyaml=use)
+
+
+def test_convert_cli_expression_extra(state53, tmp_path):
+    import json
+
+    from ig3d.cli import main
+
+    ckpt = _model_folder(tmp_path / "m", state53)
+    assert main(["convert", "emoca", str(ckpt), "-o", str(tmp_path / "none"), "--no-onnx"]) == 1
+    assert not (tmp_path / "none").exists()
+    assert main(["convert", "emoca", str(ckpt), "-o", str(tmp_path / "out"), "--no-onnx",
+                 "--expression-extra", "global"]) == 0
+    with np.load(tmp_path / "out" / "emoca.npz", allow_pickle=False) as z:
+        assert z["E_expression.layers.2.weight"].shape == (53, 1024)
+    assert json.loads((tmp_path / "out" / "emoca.json").read_text())["kind"] == "emoca"
+    assert main(["convert", "smirk", str(ckpt), "-o", str(tmp_path / "s"), "--no-onnx",
+                 "--expression-extra", "jaw"]) == 1

@@ -20,11 +20,14 @@ E_detail       128   DECA/EMOCA detail code (input to the displacement decoder)
 Decomposition (:func:`decompose_codes`) follows ``DECA.decompose_code`` and ``ExpDECA.decompose_code``
 (radekd91/emoca: gdl/models/DECA.py; the same slices in yfeng95/DECA: decalib/deca.py): E_flame's code is
 cut in the order shape 100, tex 50, exp 50, pose 6, cam 3, light 27; EMOCA then takes ``exp`` from
-E_expression. An E_expression with 53 outputs is EMOCA's ``exp_deca_jaw_pose`` variant: its last 3
-outputs replace the jaw half ``pose[:, 3:6]`` (``ExpDECA._reconfigure`` adds 3 outputs). Upstream's
-``exp_deca_global_pose`` variant also has 53 outputs but replaces the global half; no shipped config
-enables it and a state dict cannot tell the two apart, so 53 is read as the jaw variant. Without
-E_expression (a DECA ``deca_model.tar``) ``exp`` is E_flame's.
+E_expression. An E_expression with 53 outputs adds 3 pose values (``ExpDECA._reconfigure`` adds 3
+outputs when ``exp_deca_jaw_pose`` or ``exp_deca_global_pose`` is set), and ``ExpDECA.decompose_code``
+uses them as **jaw** pose (``exp_deca_jaw_pose``: they replace ``pose[:, 3:6]``, the global rotation
+stays E_flame's) or as **global** head rotation (``exp_deca_global_pose``: they replace ``pose[:, 0:3]``,
+the jaw stays E_flame's). The weights cannot tell the two apart, so a 53-wide model is built with
+``expression_extra="jaw"`` or ``"global"`` (:func:`ig3d.convert.emoca.load_emoca` reads it from EMOCA's
+``cfg.yaml``). Both flags at once (56 outputs, the whole pose) are not supported. Without E_expression
+(a DECA ``deca_model.tar``) ``exp`` is E_flame's.
 
 ``light`` stays flat [B, 27] here; upstream reshapes it to [B, 9, 3] (9 SH coefficients x RGB), which
 is ``light.view(-1, 9, 3)``. Ig3D never uses it (docs REFERENCE 1.1).
@@ -55,6 +58,7 @@ __all__ = [
     "N_FLAME_CODE",
     "N_EXP",
     "N_EXP_JAW",
+    "EXPRESSION_EXTRAS",
     "N_DETAIL",
     "HIDDEN_DIM",
     "OUTPUT_DIMS",
@@ -76,9 +80,12 @@ __all__ = [
 FLAME_CODE_LAYOUT: "OrderedDict[str, int]" = OrderedDict(
     [("shape", 100), ("tex", 50), ("exp", 50), ("pose", 6), ("cam", 3), ("light", 27)])
 N_FLAME_CODE = sum(FLAME_CODE_LAYOUT.values())  # 236
-#: E_expression width of the released EMOCA v2 models, and of the ``exp_deca_jaw_pose`` variant.
+#: E_expression width of the released EMOCA v2 models, and of the ``exp_deca_jaw_pose`` /
+#: ``exp_deca_global_pose`` variants (50 + 3 pose values; see ``expression_extra``).
 N_EXP = FLAME_CODE_LAYOUT["exp"]  # 50
 N_EXP_JAW = N_EXP + 3  # 53
+#: What the 3 extra E_expression outputs of a 53-wide model are: jaw pose or global head rotation.
+EXPRESSION_EXTRAS: Tuple[str, ...] = ("jaw", "global")
 #: E_detail width (``n_detail``; ``n_detail_emo`` is 0 in the released models).
 N_DETAIL = 128
 #: Hidden width of every encoder's MLP head.
@@ -114,13 +121,16 @@ class DecaEncoder(nn.Module):
 
 def decompose_codes(flame_code: torch.Tensor, exp_code: Optional[torch.Tensor] = None,
                     detail_code: Optional[torch.Tensor] = None, *,
-                    exp_width: Optional[int] = None) -> Dict[str, torch.Tensor]:
+                    exp_width: Optional[int] = None,
+                    expression_extra: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Split the raw encoder outputs into named parameters, as upstream does.
 
     flame_code [B, 236] (E_flame), exp_code [B, 50 | 53] (E_expression) or None (DECA: exp stays
     E_flame's), detail_code [B, 128] or None. Returns an ordered dict: shape [B, 100], tex [B, 50],
     exp [B, 50], pose [B, 6], cam [B, 3], light [B, 27], then detail [B, 128] when given. With a 53-wide
-    exp_code, ``pose`` = E_flame's global rotation + exp_code[:, 50:53] as jaw (``exp_deca_jaw_pose``).
+    exp_code, ``expression_extra`` says what exp_code[:, 50:53] is: "jaw" -> ``pose`` = E_flame's global
+    rotation + those 3 (``exp_deca_jaw_pose``); "global" -> ``pose`` = those 3 + E_flame's jaw
+    (``exp_deca_global_pose``), as ``ExpDECA.decompose_code`` (radekd91/emoca: gdl/models/DECA.py).
     ``exp_width`` gives exp_code's width as a Python int (needed under tracing, where shapes are tensors);
     by default it is read from exp_code.
     """
@@ -135,7 +145,13 @@ def decompose_codes(flame_code: torch.Tensor, exp_code: Optional[torch.Tensor] =
             raise ValueError(f"E_expression output must be {N_EXP} or {N_EXP_JAW} wide, got {list(exp_code.shape)}")
         out["exp"] = exp_code[:, :N_EXP]
         if width == N_EXP_JAW:
-            out["pose"] = torch.cat([out["pose"][:, :3], exp_code[:, N_EXP:]], dim=1)
+            if expression_extra == "jaw":
+                out["pose"] = torch.cat([out["pose"][:, :3], exp_code[:, N_EXP:]], dim=1)
+            elif expression_extra == "global":
+                out["pose"] = torch.cat([exp_code[:, N_EXP:], out["pose"][:, 3:]], dim=1)
+            else:
+                raise ValueError(f"a {N_EXP_JAW}-wide exp_code needs expression_extra='jaw' or 'global' (what its "
+                                 f"3 extra values are), got {expression_extra!r}")
     if detail_code is not None:
         out["detail"] = detail_code
     return out
@@ -146,16 +162,24 @@ class EmocaEncoders(nn.Module):
     keys in :data:`OUTPUT_DIMS` order: shape 100, tex 50, exp 50, pose 6, cam 3, light 27 and, with
     E_detail, detail 128 (see :func:`decompose_codes`).
 
-    expression_dim: 50 (EMOCA v2), 53 (``exp_deca_jaw_pose``) or None (no E_expression: plain DECA,
-    exp from E_flame). detail: build E_detail (needed for :func:`emoca_full`). Freshly constructed
-    weights are PyTorch's defaults: this class is meant to receive a checkpoint
-    (:func:`ig3d.convert.emoca.build_emoca`).
+    expression_dim: 50 (EMOCA v2), 53 (50 + 3 pose values) or None (no E_expression: plain DECA,
+    exp from E_flame). expression_extra: for 53 only, and required then: "jaw" (``exp_deca_jaw_pose``) or
+    "global" (``exp_deca_global_pose``), see :func:`decompose_codes`. detail: build E_detail (needed for
+    :func:`emoca_full`). Freshly constructed weights are PyTorch's defaults: this class is meant to
+    receive a checkpoint (:func:`ig3d.convert.emoca.build_emoca`).
     """
 
-    def __init__(self, expression_dim: Optional[int] = N_EXP, detail: bool = True):
+    def __init__(self, expression_dim: Optional[int] = N_EXP, detail: bool = True,
+                 expression_extra: Optional[str] = None):
         super().__init__()
         if expression_dim not in (None, N_EXP, N_EXP_JAW):
             raise ValueError(f"expression_dim must be {N_EXP}, {N_EXP_JAW} or None, got {expression_dim!r}")
+        if expression_dim == N_EXP_JAW and expression_extra not in EXPRESSION_EXTRAS:
+            raise ValueError(f"expression_dim={N_EXP_JAW} needs expression_extra='jaw' or 'global' (what its 3 "
+                             f"extra outputs are), got {expression_extra!r}")
+        if expression_dim != N_EXP_JAW and expression_extra is not None:
+            raise ValueError(f"expression_extra is only for a {N_EXP_JAW}-wide E_expression, not {expression_dim}")
+        self.expression_extra = expression_extra
         self.E_flame = DecaEncoder(N_FLAME_CODE)
         self.E_expression = None if expression_dim is None else DecaEncoder(expression_dim)
         self.E_detail = DecaEncoder(N_DETAIL) if detail else None
@@ -180,7 +204,7 @@ class EmocaEncoders(nn.Module):
             self.E_flame(img),
             None if self.E_expression is None else self.E_expression(img),
             None if self.E_detail is None else self.E_detail(img),
-            exp_width=self.expression_dim)
+            exp_width=self.expression_dim, expression_extra=self.expression_extra)
 
 
 def _concat(out: Mapping[str, object], keys: Tuple[str, ...]):
