@@ -11,6 +11,7 @@ name (``ig3d.hub.fetch(...)``, ``ig3d.convert.convert(...)``, ``ig3d.io.load_ima
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any, List
 
 from . import kernels, metrics
@@ -24,20 +25,24 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time they load
     from . import convert, engines, faces, fusion, hub, ig3d_presets, io, labels, models, overlay, predictor
     from . import presets, prior, results
 
-#: sub-modules that ``ig3d.<name>`` imports on first access (PEP 562), so that their heavier
-#: dependencies (urllib for hub, torch for models) load only when used
-_SUBMODULES = ("convert", "engines", "faces", "fusion", "hub", "ig3d_presets", "io", "kernels", "labels", "metrics",
-               "models", "overlay", "predictor", "presets", "prior", "results")
+
+def _submodules() -> List[str]:
+    """The public sub-modules and sub-packages of ig3d (names not starting with "_")."""
+    import pkgutil
+
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    """``ig3d.<sub-module>`` imports it on first access (PEP 562), so ``import ig3d`` stays light
+    and their own dependencies (urllib for hub, torch for models) load only when used."""
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_submodules()))
 
 
 __all__ = [

@@ -67,13 +67,13 @@ def _dist(requirement: str) -> str:
 
 def test_import_ig3d_is_enough_for_every_documented_name(tmp_path):
     """Every public ``ig3d.x.y`` the README names resolves after a bare ``import ig3d`` (no ``import
-    ig3d.hub``), and touching them loads neither torch nor onnxruntime."""
+    ig3d.hub``); sub-modules appear in ``dir(ig3d)``."""
     names = sorted({m.rstrip(".") for m in re.findall(r"\big3d\.[A-Za-z_][\w.]*", (ROOT / "README.md").read_text())
                     if not any(part.startswith("_") for part in m.split("."))})
     names += ["ig3d.hub.fetch", "ig3d.hub.missing_weights_error", "ig3d.convert.convert", "ig3d.io.load_image",
               "ig3d.engines.cache_root", "ig3d.results.FaceResult", "ig3d.labels"]
     assert "ig3d.hub.fetch" in names
-    code = ("import functools, json, sys, ig3d\n"
+    code = ("import functools, json, ig3d\n"
             f"names = {names!r}\n"
             "bad = []\n"
             "for n in names:\n"
@@ -81,11 +81,10 @@ def test_import_ig3d_is_enough_for_every_documented_name(tmp_path):
             "        functools.reduce(getattr, n.split('.')[1:], ig3d)\n"
             "    except AttributeError as e:\n"
             "        bad.append(f'{n}: {e}')\n"
-            "print(json.dumps({'bad': bad, 'heavy': [m for m in ('torch', 'onnxruntime') if m in sys.modules]}))\n")
+            "print(json.dumps(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    facts = json.loads(out.stdout)
-    assert facts == {"bad": [], "heavy": []}, facts
-    assert "hub" in dir(ig3d)
+    assert json.loads(out.stdout) == []
+    assert {"hub", "convert", "io", "models"} <= set(dir(ig3d))
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         ig3d.no_such_name  # noqa: B018
 
