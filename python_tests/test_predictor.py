@@ -341,7 +341,7 @@ def test_cli_demo_and_overlay(tmp_path):
 def test_cli_bad_path(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ig3d.cli", "predict", str(tmp_path / "nope.png")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert out.returncode == 1 and "image not found" in out.stderr
+    assert out.returncode == 1 and f"'{tmp_path / 'nope.png'}': no such file or folder" in out.stderr
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (1080, 1920)])
