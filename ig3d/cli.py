@@ -4,6 +4,9 @@
     ig3d predict --demo             the photo bundled with ig3d
     ig3d predict PATH --json        JSON Lines: one object per image
     ig3d predict PATH --overlay OUT also draw boxes, landmarks and scores (OUT: a file, a folder or a pattern)
+    ig3d predict VIDEO --json       JSON Lines: one object per frame (index, timestamp, faces with track ids)
+    ig3d predict VIDEO --overlay OUT.mp4   the annotated video
+    ig3d predict --camera 0         live, until Ctrl-C
     ig3d convert KIND CKPT -o DIR   upstream checkpoint -> ig3d weights (.npz) + ONNX
     ig3d info                       build and hardware facts
     ig3d --version
@@ -28,7 +31,7 @@ __all__ = ["main", "build_parser", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
 
 #: what ``ig3d predict FOLDER`` reads (case-insensitive)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-#: files that get the "is a video" message instead of an attempt to decode them as an image
+#: files read as videos (frame by frame, faces tracked; needs the video extra)
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 #: images decoded and run together: a folder of thousands is never all in memory at once
 BATCH = 16
@@ -67,10 +70,6 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _video_message(name: str) -> str:
-    return f"'{name}': a video file; ig3d predict reads still images ({', '.join(IMAGE_SUFFIXES)})"
-
-
 def _folder_images(folder: Path, recursive: bool) -> List[Path]:
     """The images in ``folder`` (and its subfolders with ``recursive``) in name order; hidden files and
     folders (names starting with ".") are skipped, as ``ls`` does. Symlinked folders are not followed."""
@@ -102,8 +101,6 @@ def _inputs(paths: Sequence[str], recursive: bool) -> List[_Input]:
             out += [_Input(str(q), None, q.relative_to(path)) for q in images]
         elif not path.exists():
             out.append(_Input(arg, f"'{arg}': no such file or folder", Path(path.name)))
-        elif _is_video(path):
-            out.append(_Input(arg, _video_message(arg), Path(path.name)))
         else:
             out.append(_Input(arg, None, Path(path.name)))
     return out
@@ -160,6 +157,114 @@ def _overlay_paths(spec: str, several: bool, images: Sequence[_Input]) -> Dict[s
     return plan
 
 
+class _Progress:
+    """A progress line on stderr when it is a terminal: frames done (of how many), frames/s. Cleared
+    before anything else is printed, so that it stays below the results on a shared terminal."""
+
+    def __init__(self, name: str, total: Optional[int]):
+        import time
+
+        self._clock = time.perf_counter
+        self.name, self.total, self.n = name, total, 0
+        self.on = sys.stderr.isatty()
+        self._t0, self._shown = self._clock(), False
+
+    def step(self) -> None:
+        self.n += 1
+        if not self.on:
+            return
+        rate = self.n / max(self._clock() - self._t0, 1e-9)
+        done = f"{self.n}/{self.total} frames ({100 * self.n / self.total:.0f} %)" if self.total else f"{self.n} frames"
+        sys.stderr.write(f"\r\033[K{self.name}: {done}, {rate:.1f} frames/s")
+        sys.stderr.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self._shown = False
+
+    def done(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._shown = False
+
+
+def _frame_line(name: str, r) -> str:
+    """One line per video frame: its index and time, then each face with its track id."""
+    faces = "; ".join(f"#{f.track_id} {f.label} {f.scores[f.label]:.2f} V{f.valence:+.2f} A{f.arousal:+.2f} "
+                      f"box {','.join(str(int(round(v))) for v in f.box)}" for f in r.faces)
+    n = len(r.faces)
+    return f"{name} frame {r.index} ({r.timestamp:.3f} s): {n} face{'s' if n != 1 else ''}" + (f": {faces}" if n else "")
+
+
+def _camera(spec: str):
+    """``--camera 0`` -> 0 (an index); anything else is a device path."""
+    return int(spec) if spec.isdigit() else spec
+
+
+def _predict_video(predictor, source, args: argparse.Namespace, report, overlay: Optional[Path]) -> None:
+    """Stream a video file or a camera: a line (or a JSON object) per frame, the annotated video
+    with --overlay, a progress line on a terminal. Ctrl-C ends a camera run normally."""
+    import warnings
+
+    from .video import VideoWriter
+
+    live = not isinstance(source, str) or not _is_video(Path(source))
+    name = f"camera {source}" if live else source
+    try:
+        stream = predictor.stream(source, max_faces=args.max_faces, detect_every=args.detect_every,
+                                  smoothing=None if args.no_smoothing else "default")
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
+        report(str(e))
+        return
+    progress = _Progress(name, stream.source.frames)
+    writer = None
+
+    def note(message: str) -> None:  # reported, not a failure (a skipped corrupt frame)
+        progress.clear()
+        sys.stdout.flush()
+        print(f"ig3d predict: {message}", file=sys.stderr, flush=True)
+
+    try:
+        with stream, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for r in stream:
+                for w in caught:
+                    note(str(w.message))
+                caught.clear()
+                progress.clear()
+                if args.json:
+                    print(json.dumps({"video": name, **r.to_dict(landmarks=args.landmarks)}), flush=live)
+                else:
+                    print(_frame_line(name, r), flush=live)
+                if overlay is not None:
+                    from .stream import draw_frame
+
+                    if writer is None:
+                        overlay.parent.mkdir(parents=True, exist_ok=True)
+                        writer = VideoWriter(overlay)
+                    writer.write(draw_frame(r.image, r.faces), r.timestamp)
+                progress.step()
+            for w in caught:
+                note(str(w.message))
+    except KeyboardInterrupt:
+        if not live:
+            raise
+    except (ValueError, RuntimeError, OSError) as e:
+        progress.clear()
+        report(str(e))
+    finally:
+        progress.done()
+        if writer is not None:
+            writer.close()
+            if not args.json:
+                print(f"overlay written to {overlay} ({writer.frames} frames)")
+    sys.stdout.flush()
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import Predictor
     from .io import load_image
@@ -169,12 +274,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--landmarks adds the 478 points to the JSON output: use it with --json")
     demo = asset_path("astronaut.png") if args.demo else None
     paths: List[str] = ([demo] if demo else []) + list(args.paths)
-    if not paths:
-        raise UsageError("give image files or folders, or --demo")
+    camera = _camera(args.camera) if args.camera is not None else None
+    for opt, v in (("--max-faces", args.max_faces), ("--detect-every", args.detect_every)):
+        if v < 1:
+            raise UsageError(f"{opt}: expected a positive number, got {v}")
+    if not paths and camera is None:
+        raise UsageError("give image files, folders or videos, --camera, or --demo")
     inputs = _inputs(paths, args.recursive)
     good = [i for i in inputs if i.error is None]
     overlay: Dict[str, Path] = {}
-    if args.overlay:
+    video_overlay: Optional[Path] = None
+    if args.overlay and (camera is not None or any(_is_video(Path(i.name)) for i in good)):
+        if len(inputs) + (camera is not None) != 1:
+            raise UsageError("--overlay with a video or a camera takes that one input only")
+        if Path(args.overlay).suffix.lower() not in VIDEO_SUFFIXES:
+            raise UsageError(f"--overlay {args.overlay!r}: a video's overlay is a video file "
+                             f"({', '.join(VIDEO_SUFFIXES)})")
+        if good and Path(args.overlay).resolve() == Path(good[0].name).resolve():
+            raise UsageError(f"--overlay: '{args.overlay}' is the input video; it would be overwritten")
+        video_overlay = Path(args.overlay)
+    elif args.overlay:
         several = len(paths) > 1 or any(Path(q).is_dir() for q in paths)
         overlay = _overlay_paths(args.overlay, several, good)
     predictor = Predictor(preset=args.preset, backend=args.backend, device=args.device)
@@ -212,6 +331,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if error is not None:
             report(error)
             continue
+        if _is_video(Path(name)):
+            if batch:  # results stay in the order of the inputs
+                run(batch)
+                batch = []
+            _predict_video(predictor, name, args, report, video_overlay)
+            continue
         try:
             batch.append((name, load_image(name)))
         except ValueError as e:
@@ -225,6 +350,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             batch = []
     if batch:
         run(batch)
+    if camera is not None:
+        _predict_video(predictor, camera, args, report, video_overlay)
     return 1 if failed else 0
 
 
@@ -267,20 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "predict", help="read the faces in images",
-        description="Read the faces in images: a table per image, or JSON Lines with --json. A bad input is "
-                    "reported on stderr and the others still run; exit status 1 if any failed.")
+        "predict", help="read the faces in images, videos or a camera",
+        description="Read the faces in images: a table per image, or JSON Lines with --json. Videos and cameras: "
+                    "a line (or JSON object) per frame, faces tracked. A bad input is reported on stderr and the "
+                    "others still run; exit status 1 if any failed.")
     p.add_argument("paths", nargs="*", metavar="PATH",
-                   help=f"image files, or folders whose images ({', '.join(IMAGE_SUFFIXES)}) are read in name order")
+                   help=f"image files, folders whose images ({', '.join(IMAGE_SUFFIXES)}) are read in name order, or "
+                        f"videos ({', '.join(VIDEO_SUFFIXES)}; pip install 'ig3d[video]'), read frame by frame with "
+                        "the faces tracked")
+    p.add_argument("--camera", metavar="DEV",
+                   help="read a camera live until Ctrl-C: an index (0 is /dev/video0 on Linux) or a device path")
+    p.add_argument("--max-faces", type=int, default=4, metavar="N", help="videos: most faces tracked at once (4)")
+    p.add_argument("--detect-every", type=int, default=10, metavar="N",
+                   help="videos: while fewer than --max-faces are tracked, look for new faces every N frames (10)")
+    p.add_argument("--no-smoothing", action="store_true", help="videos: each frame's raw outputs, unsmoothed")
     p.add_argument("--demo", action="store_true", help="run on the photo bundled with ig3d")
     p.add_argument("-r", "--recursive", action="store_true", help="also read the images in subfolders of folders")
     p.add_argument("--json", action="store_true",
-                   help='JSON Lines instead of a table: one {"image": ..., "faces": [...]} object per line per image')
+                   help='JSON Lines instead of a table: one {"image": ..., "faces": [...]} object per line per image; '
+                        'for a video one {"video": ..., "index": ..., "timestamp": ..., "faces": [...]} per frame')
     p.add_argument("--landmarks", action="store_true", help="add the 478 landmarks to each face (needs --json)")
     p.add_argument("--overlay", metavar="OUT",
                    help="draw boxes, landmarks and scores: with one image into the file OUT (e.g. out.png); with "
                         "several into the folder OUT (created; <stem>.png each) or a name pattern with {stem} or "
-                        "{name}, e.g. 'out/{stem}_faces.jpg'")
+                        "{name}, e.g. 'out/{stem}_faces.jpg'; with a video or --camera the annotated video "
+                        "(e.g. out.mp4: boxes, landmarks, score bars, track ids)")
     p.add_argument("--preset", default="default",
                    help="default (bundled), or an Ig3D preset: ig3d-smirk-ddamfn, ig3d-emoca-ddamfn, ig3d-emoca-cage, "
                         "ig3d-smirk-cage (their weights under $IG3D_HOME/weights)")

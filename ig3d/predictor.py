@@ -146,8 +146,8 @@ class Predictor:
         from .stream import Stream
         from .video import open_source
 
-        tracker = self.tracker(max_faces=max_faces, smoothing=smoothing, detect_every=detect_every, color=color,
-                               fps=fps)
+        # the source turns frames into RGB (``color`` applies there once)
+        tracker = self.tracker(max_faces=max_faces, smoothing=smoothing, detect_every=detect_every, fps=fps)
         return Stream(tracker, open_source(source, timestamps=timestamps, fps=fps, color=color,
                                            camera_options=camera_options))
 

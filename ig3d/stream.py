@@ -68,11 +68,13 @@ TRACK_DUPLICATE_IOU = 0.5
 @dataclass
 class FrameResult:
     """One frame of a stream: its position in the source, its time in seconds, and its faces
-    (largest first, each with its ``track_id``; ``[]`` when there is none)."""
+    (largest first, each with its ``track_id``; ``[]`` when there is none). ``image``: the frame
+    itself (RGB uint8), e.g. for :func:`draw_frame`."""
 
     index: int
     timestamp: float
     faces: List[FaceResult] = field(default_factory=list)
+    image: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     def to_dict(self, *, landmarks: bool = False) -> Dict[str, Any]:
         """Plain Python types (one JSON Lines row in ``ig3d predict VIDEO --json``)."""
@@ -355,7 +357,7 @@ class Stream:
         except StopIteration:
             self.close()
             raise
-        return FrameResult(frame.index, frame.timestamp, self.tracker.update(frame.image, frame.timestamp))
+        return FrameResult(frame.index, frame.timestamp, self.tracker.update(frame.image, frame.timestamp), frame.image)
 
     def close(self) -> None:
         self._closed = True

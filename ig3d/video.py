@@ -309,7 +309,7 @@ class _DecodedSource(FrameSource):
                     _, idx, reason = item
                     self.skipped.append((idx, reason))
                     msg = f"{self.name}: frame {idx} skipped: {reason}"
-                    log.warning(msg)
+                    log.info(msg)
                     warnings.warn(msg, CorruptFrameWarning, stacklevel=2)
                 elif kind == "error":
                     err = item[1]
@@ -353,8 +353,8 @@ def _open_file(path: str, buffer: int) -> _DecodedSource:
     try:
         container = av.open(path, mode="r")
     except av.error.FFmpegError as e:
-        raise ValueError(f"{name}: not a readable video ({e.strerror or e}); the file may be truncated, "
-                         "corrupt, or in a format FFmpeg does not know") from e
+        raise ValueError(f"{name}: not a readable video ({e.strerror or e}); the file may be truncated, corrupt, "
+                         "or not a video file") from e
     return _DecodedSource(container, name, live=False, buffer=buffer)
 
 

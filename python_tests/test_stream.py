@@ -203,9 +203,14 @@ def test_push_api_equals_the_iterator_and_reset_repeats(predictor, patches):
     assert tracker.track_ids == []
     for r, frame, t in zip(streamed, frames, ts):      # ids from 0 again, the same numbers
         same_faces(tracker.update(frame, t), r.faces)
-    # bgr frames (OpenCV) with color="bgr" give the same results
+    # bgr frames (OpenCV) with color="bgr" give the same results, both ways
     tracker = predictor.tracker(max_faces=3, detect_every=4, color="bgr")
     same_faces(tracker.update(frames[0][:, :, ::-1].copy(), 0.0), streamed[0].faces)
+    bgr = list(predictor.stream([f[:, :, ::-1].copy() for f in frames[:3]], timestamps=ts[:3], color="bgr",
+                                max_faces=3, detect_every=4))
+    for r, ref in zip(bgr, streamed):
+        same_faces(r.faces, ref.faces)
+        assert np.array_equal(r.image, frames[r.index])
 
 
 def test_smoothing_lowers_jitter_on_a_still_face(predictor, faces):
@@ -412,3 +417,68 @@ def test_iterables_without_timestamps(predictor, patches):
     assert [r.timestamp for r in res] == [0.0, 0.04, 0.08]
     res = list(predictor.stream(np.stack([frame] * 3)))                # a [T, H, W, 3] array
     assert [r.timestamp for r in res] == [0.0, 1 / 30, 2 / 30] and all(len(r.faces) == 1 for r in res)
+
+
+# -- the command line -------------------------------------------------------------------------
+def _ig3d(*args, cwd, stderr=None):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "ig3d", *args], cwd=cwd, capture_output=stderr is None,
+                          stdout=None if stderr is None else subprocess.PIPE, stderr=stderr, text=True, timeout=600)
+
+
+def test_cli_video_json_lines_and_overlay(faces, tmp_path):
+    import json
+
+    video = str(faces / "single_face.mp4")
+    r = _ig3d("predict", video, "--json", "--overlay", "out.mp4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["index"] for o in rows] == list(range(72))
+    assert set(rows[0]) == {"video", "index", "timestamp", "faces"} and rows[0]["video"] == video
+    assert rows[3]["timestamp"] == pytest.approx(0.1)
+    assert all(len(o["faces"]) == 1 and o["faces"][0]["track_id"] == 0 for o in rows)
+    # the annotated video: every frame, same size and times, with drawings on it
+    with av.open(str(tmp_path / "out.mp4")) as out, av.open(video) as src:
+        drawn = [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24")) for f in out.decode(video=0)]
+        orig = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+    assert len(drawn) == 72 and drawn[0][1].shape == orig[0].shape
+    np.testing.assert_allclose([t for t, _ in drawn], np.arange(72) / 30, atol=1e-3)
+    diff = np.abs(drawn[40][1].astype(int) - orig[40]).mean(axis=2)
+    x0, y0, x1, y1 = (int(v) for v in rows[40]["faces"][0]["box"])
+    assert diff[y0 - 2:y0 + 3, x0 + 10:x1 - 10].mean() > 40     # the box's top edge is drawn
+    assert np.median(diff[:, :60]) < 8                            # the rest is the video (H.264 loss only)
+
+
+def test_cli_video_errors_and_progress(faces, bad_videos, tmp_path):
+    import os
+    import pty
+
+    r = _ig3d("predict", str(bad_videos / "random.mp4"), str(faces / "astronaut.png"), cwd=tmp_path)
+    assert r.returncode == 1 and "not a readable video" in r.stderr and "astronaut.png: 1 face" in r.stdout
+    r = _ig3d("predict", str(bad_videos / "corrupt_middle.mp4"), "--json", cwd=tmp_path)
+    assert r.returncode == 0 and "skipped" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stdout.splitlines()) == 72 - r.stderr.count("skipped")
+    r = _ig3d("predict", str(faces / "single_face.mp4"), "--overlay", "out.png", cwd=tmp_path)
+    assert r.returncode == 2 and "a video's overlay is a video file" in r.stderr
+    if sys.platform.startswith("linux"):
+        r = _ig3d("predict", "--camera", "57", cwd=tmp_path)
+        assert r.returncode == 1 and "camera 57" in r.stderr and "could not be opened" in r.stderr
+    # a terminal gets a progress line with frames/s
+    master, slave = pty.openpty()
+    try:
+        r = _ig3d("predict", str(faces / "single_face.mp4"), "--json", cwd=tmp_path, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 72
+    assert b"72/72 frames (100 %)" in seen and b"frames/s" in seen
