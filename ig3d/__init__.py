@@ -22,8 +22,8 @@ from .predictor import Predictor
 from .results import FaceResult
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time they load on first use
-    from . import convert, engines, faces, fusion, hub, ig3d_presets, io, labels, models, overlay, predictor
-    from . import presets, prior, results
+    from . import convert, engines, faces, fusion, hub, ig3d_presets, io, labels, models  # noqa: F401
+    from . import overlay, predictor, presets, prior, results  # noqa: F401
 
 
 def _submodules() -> List[str]:
