@@ -172,7 +172,13 @@ class Ig3DPipeline:
         unchanged)."""
         if not images:
             return []
-        base = self.faces.run(images, aligned=aligned)  # boxes, landmarks, blendshapes, pose per face
+        # boxes, landmarks, blendshapes, pose per face
+        return self.results_from_faces(images, self.faces.run(images, aligned=aligned), aligned=aligned)
+
+    def results_from_faces(self, images: Sequence[np.ndarray], base: List[List[FaceResult]], *,
+                           aligned: bool = False) -> List[List[FaceResult]]:
+        """The encoders and the head on faces the default pipeline found (``base``: one list per
+        image): still images, and video frames whose faces it tracked (their ``track_id`` is kept)."""
         flat = [(i, f) for i, faces in enumerate(base) for f in faces]
         results: List[List[FaceResult]] = [[] for _ in images]
         if not flat:
@@ -225,7 +231,7 @@ class Ig3DPipeline:
                 label_3d=self.labels[int(np.argmax(p3d[f]))], scores_3d=dict(zip(self.labels, map(float, p3d[f]))),
                 logits_2d=logits_2d[f], logits_3d=logits_3d[f].copy(),
                 flame={n: out3d[n][f] for n in pieces},
-                scores2d_raw=scores2d_raw[f], features2d=feats[f],
+                scores2d_raw=scores2d_raw[f], features2d=feats[f], track_id=base_face.track_id,
             ))
         for r in results:
             r.sort(key=lambda fr: -fr.area)

@@ -482,3 +482,40 @@ def test_cli_video_errors_and_progress(faces, bad_videos, tmp_path):
         os.close(master)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 72
     assert b"72/72 frames (100 %)" in seen and b"frames/s" in seen
+
+
+def test_ig3d_preset_streams_the_default_pipelines_tracked_faces(predictor, faces, tmp_path):
+    """An Ig3D preset (synthetic SMIRK + DDAMFN++ + head) reads the faces the default pipeline tracks:
+    the same landmarks and track ids, its own encoders and late fusion on top."""
+    torch = pytest.importorskip("torch", reason="building synthetic encoders needs torch")
+    pytest.importorskip("onnx", reason="ONNX export needs onnx")
+    from conftest import one_torch_thread
+
+    from ig3d.convert.ddamfn import export_ddamfn_onnx
+    from ig3d.convert.smirk import export_smirk_onnx
+    from ig3d.labels import AFFECTNET8_LABELS
+    from ig3d.models.ddamfn import DDAMNet
+    from ig3d.models.smirk import SmirkEncoder
+
+    torch.manual_seed(0)
+    with one_torch_thread():
+        export_smirk_onnx(SmirkEncoder().eval(), tmp_path / "smirk.onnx")
+        export_ddamfn_onnx(DDAMNet(num_classes=8).eval(), tmp_path / "ddamfn.onnx")
+    rng = np.random.default_rng(0)
+    head = ig3d.FusedHead([ig3d.Layer(rng.normal(size=(10, 358)) / 20, rng.normal(size=10) * 0.1)], input_dim=358,
+                          num_classes=8, va_index=8, fusion="weighted", scores2d_dim=8, fusion_weights=(0.77, 0.23),
+                          labels=AFFECTNET8_LABELS)
+    p = ig3d.Predictor("ig3d-smirk-ddamfn", weights={"smirk": tmp_path / "smirk.onnx",
+                                                     "ddamfn": tmp_path / "ddamfn.onnx", "head": head})
+    with av.open(str(faces / "single_face.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(5), c.decode(video=0))]
+    got = list(p.stream(frames, smoothing=None))
+    ref = list(predictor.stream(frames, smoothing=None))
+    for g, r in zip(got, ref):
+        (fg,), (fr,) = g.faces, r.faces
+        assert fg.track_id == fr.track_id == 0
+        np.testing.assert_array_equal(fg.landmarks, fr.landmarks)
+        assert fg.params3d.shape == (358,) and fg.flame["expression_params"].shape == (50,)
+        z = 0.77 * fg.logits_2d + 0.23 * fg.logits_3d
+        np.testing.assert_allclose(list(fg.scores.values()), np.exp(z - z.max()) / np.exp(z - z.max()).sum(),
+                                   atol=1e-5)
