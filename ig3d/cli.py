@@ -197,7 +197,8 @@ def _frame_line(name: str, r) -> str:
     faces = "; ".join(f"#{f.track_id} {f.label} {f.scores[f.label]:.2f} V{f.valence:+.2f} A{f.arousal:+.2f} "
                       f"box {','.join(str(int(round(v))) for v in f.box)}" for f in r.faces)
     n = len(r.faces)
-    return f"{name} frame {r.index} ({r.timestamp:.3f} s): {n} face{'s' if n != 1 else ''}" + (f": {faces}" if n else "")
+    head = f"{name} frame {r.index} ({r.timestamp:.3f} s): {n} face{'s' if n != 1 else ''}"
+    return head + (f": {faces}" if n else "")
 
 
 def _camera(spec: str):

@@ -49,7 +49,7 @@ from .faces.mediapipe_constants import LANDMARK_MIN_PRESENCE
 from .io import load_image
 from .results import FaceResult
 from .smoothing import FaceSmoother, Smoothing, resolve_smoothing
-from .video import DEFAULT_FPS, FrameSource, open_source
+from .video import DEFAULT_FPS, FrameSource
 
 __all__ = ["FrameResult", "Tracker", "Stream", "draw_frame", "MAX_FACES", "DETECT_EVERY"]
 

@@ -252,7 +252,8 @@ class _DecodedSource(FrameSource):
                     else:
                         t = (last + float(fallback_step)) if last is not None else 0.0
                     if last is not None and t <= last:
-                        self._put(("skip", index, f"timestamp {t:.6f} s is not after the previous frame's {last:.6f} s"))
+                        self._put(("skip", index,
+                                   f"timestamp {t:.6f} s is not after the previous frame's {last:.6f} s"))
                         index += 1
                         continue
                     image = f.to_ndarray(format="rgb24")
