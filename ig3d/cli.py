@@ -217,7 +217,7 @@ def _predict_video(predictor, source, args: argparse.Namespace, report, overlay:
     name = f"camera {source}" if live else source
     try:
         stream = predictor.stream(source, max_faces=args.max_faces, detect_every=args.detect_every,
-                                  smoothing=None if args.no_smoothing else "default")
+                                  smoothing=None if args.no_smoothing else "default", with_images=overlay is not None)
     except (ValueError, RuntimeError, OSError, ImportError) as e:
         report(str(e))
         return

@@ -122,7 +122,7 @@ class Predictor:
 
     def stream(self, source: Any, *, max_faces: int = 4, smoothing: Any = "default", detect_every: int = 10,
                color: str = "rgb", fps: Optional[float] = None, timestamps: Optional[Sequence[float]] = None,
-               camera_options: Optional[dict] = None):
+               camera_options: Optional[dict] = None, with_images: bool = False):
         """Faces in every frame of a video file, a camera or an iterable of frames, tracked from
         frame to frame: an iterator of :class:`ig3d.stream.FrameResult` ``(index, timestamp, faces)``
         whose faces carry a ``track_id``.
@@ -139,6 +139,8 @@ class Predictor:
             color: ``"bgr"`` for OpenCV frames.
             fps, timestamps: for iterables without timestamps (default: 30 frames/s).
             camera_options: FFmpeg options for a camera, e.g. ``{"video_size": "1280x720"}``.
+            with_images: also hand back each frame's pixels (``FrameResult.image``, RGB), e.g. to
+                draw on them with :func:`ig3d.stream.draw_frame`.
 
         A file is decoded in a background thread while earlier frames go through the networks.
         Use it in a ``with`` block (or call ``close()``) to stop decoding early.
@@ -149,7 +151,7 @@ class Predictor:
         # the source turns frames into RGB (``color`` applies there once)
         tracker = self.tracker(max_faces=max_faces, smoothing=smoothing, detect_every=detect_every, fps=fps)
         return Stream(tracker, open_source(source, timestamps=timestamps, fps=fps, color=color,
-                                           camera_options=camera_options))
+                                           camera_options=camera_options), with_images=with_images)
 
     def _open(self):
         if self._pipeline is None:

@@ -69,7 +69,8 @@ TRACK_DUPLICATE_IOU = 0.5
 class FrameResult:
     """One frame of a stream: its position in the source, its time in seconds, and its faces
     (largest first, each with its ``track_id``; ``[]`` when there is none). ``image``: the frame
-    itself (RGB uint8), e.g. for :func:`draw_frame`."""
+    itself (RGB uint8) with ``stream(..., with_images=True)``, e.g. for :func:`draw_frame`; None
+    otherwise, so that keeping the results of a long video does not keep its frames."""
 
     index: int
     timestamp: float
@@ -339,8 +340,8 @@ class Stream:
     :class:`ig3d.video.FrameSource` (``skipped``, ``dropped``, ``frames``, ``fps``); ``close()``
     (or leaving a ``with`` block) stops the decoding."""
 
-    def __init__(self, tracker: Tracker, source: FrameSource):
-        self.tracker, self.source = tracker, source
+    def __init__(self, tracker: Tracker, source: FrameSource, *, with_images: bool = False):
+        self.tracker, self.source, self.with_images = tracker, source, bool(with_images)
         self._it: Optional[Iterator] = None
         self._closed = False
 
@@ -357,7 +358,8 @@ class Stream:
         except StopIteration:
             self.close()
             raise
-        return FrameResult(frame.index, frame.timestamp, self.tracker.update(frame.image, frame.timestamp), frame.image)
+        faces = self.tracker.update(frame.image, frame.timestamp)
+        return FrameResult(frame.index, frame.timestamp, faces, frame.image if self.with_images else None)
 
     def close(self) -> None:
         self._closed = True

@@ -207,7 +207,8 @@ def test_push_api_equals_the_iterator_and_reset_repeats(predictor, patches):
     tracker = predictor.tracker(max_faces=3, detect_every=4, color="bgr")
     same_faces(tracker.update(frames[0][:, :, ::-1].copy(), 0.0), streamed[0].faces)
     bgr = list(predictor.stream([f[:, :, ::-1].copy() for f in frames[:3]], timestamps=ts[:3], color="bgr",
-                                max_faces=3, detect_every=4))
+                                max_faces=3, detect_every=4, with_images=True))
+    assert streamed[0].image is None                   # frames are handed back only when asked for
     for r, ref in zip(bgr, streamed):
         same_faces(r.faces, ref.faces)
         assert np.array_equal(r.image, frames[r.index])
