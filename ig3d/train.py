@@ -45,7 +45,8 @@ Deliberate differences from upstream (REFERENCE 1.8 lists the upstream bugs):
 * Rows without a class label (-1) or without VA (NaN) are masked out of the terms they cannot feed,
   instead of failing; a task's rows are those that have its targets.
 * Upstream's VA-only head (``EmocaFER``) was fine-tuned with a fixed ``3 MSE + (1 - CCC)`` per dimension
-  at another learning-rate range; ig3d trains every task with the loss above.
+  at another learning-rate range (1e-5..5e-4, 20 epochs), and the residual head's script used plain
+  ``CE + MSE_V + MSE_A``; ig3d trains every head and task with the loss above.
 
 torch is imported inside the functions: ``import ig3d.train`` works without it, and the functions that
 need it raise ``ImportError`` saying ``pip install "ig3d[train]"``.
@@ -65,6 +66,7 @@ import numpy as np
 
 from . import metrics as _metrics
 from .fusion import FusedHead, Layer
+from .fusion_fit import LateFusionFit, fit_late_fusion  # the workflow's next step, importable from here too
 
 __all__ = [
     "HEADS",
@@ -79,6 +81,8 @@ __all__ = [
     "split_from_log",
     "ig3d_loss",
     "train_head",
+    "fit_late_fusion",
+    "LateFusionFit",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
