@@ -1,50 +1,87 @@
-"""Running the ONNX encoders: ONNX Runtime on the CPU or CUDA, or TensorRT engines (through ONNX
-Runtime's TensorRT execution provider). Capability discovery instead of guessing, and no silent
-fallback from a GPU to the CPU: asking for a device that is not there raises one clear error.
+"""Running the ONNX networks: one interface (:mod:`ig3d.engines.base`) with a module per runtime -
+ONNX Runtime on the CPU or CUDA (:mod:`~ig3d.engines.onnxruntime`, the reference), OpenVINO on the CPU
+(:mod:`~ig3d.engines.openvino`, ``pip install "ig3d[openvino]"``), TensorRT engines (for now through
+ONNX Runtime's TensorRT execution provider). The pipelines, :class:`Workers` and :class:`PerCoreModel`
+are written against the interface and never compare backend names.
 
-onnxruntime is imported on first use, never at ``import ig3d``.
+Capability discovery instead of guessing, and no silent fallback: asking for a device, runtime or
+precision that is not there raises one clear error.
+
+Adding a runtime: see :mod:`ig3d.engines.base` (a module with a ``Runtime`` subclass, and one line in
+:data:`RUNTIME_MODULES`).
+
+``backend="auto"``: on a CUDA machine, ONNX Runtime's CUDA provider; on the CPU, the installed runtime
+with the highest ``auto_rank`` among those whose float32 outputs are exact (equal to ONNX Runtime's
+within 1e-5 of the output scale): OpenVINO when it is installed (measured faster on every network
+ig3d ships or exports), else ONNX Runtime. With ``precision="bf16"``, the runtime that has bf16 here.
+
+Runtimes are imported on first use, never at ``import ig3d``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores",
-           "describe_cuda"]
+from .base import PRECISIONS, Model, ModelSource, Runtime
+from .onnxruntime import OnnxModel  # the ONNX Runtime model class (imports onnxruntime on first use)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+__all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores",
+           "describe_cuda", "PerCoreModel", "Model", "Runtime", "get_runtime", "runtimes", "load", "PRECISIONS",
+           "RUNTIME_MODULES", "precisions"]
+
+#: backend name -> "module:attribute" of its :class:`Runtime` instance (attribute default: RUNTIME),
+#: in the order they are listed
+RUNTIME_MODULES: Dict[str, str] = {
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "tensorrt": "onnxruntime:TENSORRT_RUNTIME",
+}
+BACKENDS = ("auto",) + tuple(RUNTIME_MODULES)
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def cache_root() -> Path:
-    """Root of every cached artefact (engines, downloaded weights): ``$IG3D_HOME`` or ~/.cache/ig3d."""
+    """Root of every cached artefact (engines, compiled models, downloaded weights): ``$IG3D_HOME`` or
+    ~/.cache/ig3d."""
     return Path(os.environ.get("IG3D_HOME") or Path.home() / ".cache" / "ig3d")
 
 
-def _ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
-        raise ImportError("ig3d needs onnxruntime to run its encoders: pip install onnxruntime "
-                          "(or onnxruntime-gpu for CUDA/TensorRT)") from e
-    return ort
+def get_runtime(backend: str) -> Runtime:
+    """The :class:`Runtime` behind a backend name (its module is imported now; its third-party
+    package only when it is used)."""
+    if backend not in RUNTIME_MODULES:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    module, _, attr = RUNTIME_MODULES[backend].partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr or "RUNTIME")
+
+
+def runtimes() -> List[Runtime]:
+    """Every known runtime, installed or not."""
+    return [get_runtime(b) for b in RUNTIME_MODULES]
 
 
 def available_backends() -> List[str]:
-    """What this machine can run, as "<backend>-<device>" strings, e.g. ["onnxruntime-cpu"]."""
-    providers = _ort().get_available_providers()
-    out = []
-    if "CPUExecutionProvider" in providers:
-        out.append("onnxruntime-cpu")
-    if "CUDAExecutionProvider" in providers:
-        out.append("onnxruntime-cuda")
-    if "TensorrtExecutionProvider" in providers:
-        out.append("tensorrt-cuda")
-    return out
+    """What this machine can run, as "<backend>-<device>" strings, e.g. ["onnxruntime-cpu", "openvino-cpu"]."""
+    return [f"{rt.name}-{d}" for rt in runtimes() for d in sorted(rt.devices(), key=("cpu", "cuda").index)]
+
+
+def precisions(backend: str, device: str = "cpu") -> Sequence[str]:
+    """The precisions ``backend`` can run in on ``device`` here."""
+    return get_runtime(backend).precisions(device)
+
+
+def load(model: ModelSource, *, backend: str = "onnxruntime", device: str = "cpu", threads: Optional[int] = None,
+         parallel_runs: int = 1, precision: str = "fp32", name: str = "", spin: bool = False) -> Model:
+    """One ONNX file loaded by ``backend`` (see :meth:`Runtime.load`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    return get_runtime(backend).load(model, device=device, threads=threads, parallel_runs=parallel_runs,
+                                     precision=precision, name=name, spin=spin)
 
 
 #: CUDA runtime error name -> what it means for a user, for :func:`describe_cuda`
@@ -72,80 +109,54 @@ def describe_cuda(devices: int, status: str = "", compiled: bool = True) -> str:
     return f"no CUDA device ({status})" if status and status != "ok" else "no CUDA device"
 
 
-def resolve(backend: str = "auto", device: str = "auto") -> Tuple[str, str]:
-    """Pick (backend, device) from what was asked and what exists. "auto" prefers CUDA when ONNX
-    Runtime has it; an explicit request that cannot be met raises ``RuntimeError``."""
+def resolve(backend: str = "auto", device: str = "auto", precision: str = "fp32") -> Tuple[str, str]:
+    """Pick (backend, device) from what was asked and what exists (see the module docstring for
+    "auto"); an explicit request that cannot be met raises ``RuntimeError`` (``ValueError`` for a
+    value that is not an option at all, or bf16 on hardware without it)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if device not in DEVICES:
         raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     have = available_backends()
-    if backend == "tensorrt":
-        if device == "cpu":
-            raise ValueError("backend='tensorrt' runs on a GPU: use device='cuda' or 'auto'")
-        if "tensorrt-cuda" not in have:
-            raise RuntimeError("backend='tensorrt' needs onnxruntime-gpu built with TensorRT, the tensorrt "
-                               "package and a CUDA GPU (pip install onnxruntime-gpu tensorrt); available here: "
-                               f"{have}")
-        return "tensorrt", "cuda"
-    if device == "cuda" and "onnxruntime-cuda" not in have:
-        raise RuntimeError("device='cuda' was requested but ONNX Runtime has no CUDA execution provider here "
-                           f"(pip install onnxruntime-gpu, and a CUDA GPU); available: {have}")
-    if device == "auto":
-        device = "cuda" if "onnxruntime-cuda" in have else "cpu"
-    return "onnxruntime", device
-
-
-class OnnxModel:
-    """One ONNX file as an inference session with dynamic batch.
-
-    ``run(x)`` or ``run({"name": x, ...})`` returns the outputs as a dict name -> array.
-    """
-
-    def __init__(self, model: Union[str, os.PathLike, bytes], *, backend: str = "onnxruntime",
-                 device: str = "cpu", threads: Optional[int] = None, name: str = "", spin: bool = False):
-        ort = _ort()
-        self.name = name or (os.path.basename(os.fspath(model)) if not isinstance(model, bytes) else "model")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's concern
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        # A pipeline runs several small sessions back to back: threads that keep spinning after
-        # one session's run steal the cores from the next (measured: 74 ms -> 22 ms for the
-        # default preset's five models on 2 cores with spinning off).
-        # ``spin``: threads spin between operators during a run and stop when it ends, for a
-        # session that runs alone on several threads (see PerCoreModel).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if spin:
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
-        if backend == "tensorrt":
-            cache = cache_root() / "engines" / f"ort-{ort.__version__}"
-            cache.mkdir(parents=True, exist_ok=True)
-            providers: Sequence = [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
-                                                                   "trt_engine_cache_path": str(cache)}),
-                                   "CUDAExecutionProvider"]
-        elif device == "cuda":
-            providers = ["CUDAExecutionProvider"]
+    if backend == "auto":
+        if device == "auto":
+            device = "cuda" if "onnxruntime-cuda" in have and precision == "fp32" else "cpu"
+        if device == "cuda":
+            backend = "onnxruntime"
         else:
-            providers = ["CPUExecutionProvider"]
-        src = model if isinstance(model, bytes) else os.fspath(model)
-        try:
-            self.session = ort.InferenceSession(src, sess_options=opts, providers=list(providers))
-        except Exception as e:
-            raise ValueError(f"{self.name}: ONNX Runtime could not load the model: {e}") from e
-        self.backend, self.device = backend, device
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+            usable = [rt for rt in runtimes() if "cpu" in rt.devices() and rt.exact_cpu
+                      and precision in rt.precisions("cpu")]
+            if not usable:
+                _no_precision(precision, device)
+            backend = max(usable, key=lambda rt: rt.auto_rank).name
+    rt = get_runtime(backend)
+    devs = rt.devices()
+    if not devs:
+        raise RuntimeError(f"backend={backend!r} needs {rt.install_hint}; available here: {have}")
+    if device == "auto":
+        device = devs[0]
+    if device not in devs:
+        if backend == "onnxruntime" and device == "cuda":
+            raise RuntimeError("device='cuda' was requested but ONNX Runtime has no CUDA execution provider here "
+                               f"(pip install onnxruntime-gpu, and a CUDA GPU); available: {have}")
+        raise ValueError(f"backend={backend!r} runs on {devs}, not device={device!r}; available here: {have}")
+    if precision not in rt.precisions(device):
+        _no_precision(precision, device, backend)
+    return backend, device
 
-    def run(self, inputs: Union[np.ndarray, Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        if not isinstance(inputs, dict):
-            inputs = {self.input_names[0]: inputs}
-        outs = self.session.run(self.output_names, inputs)
-        return dict(zip(self.output_names, outs))
 
-    def __repr__(self) -> str:
-        return f"OnnxModel({self.name}, {self.backend}/{self.device})"
+def _no_precision(precision: str, device: str, backend: str = "") -> None:
+    if precision == "bf16":
+        from .openvino import cpu_has_bf16
+
+        if device == "cpu" and get_runtime("openvino").missing() is None and not cpu_has_bf16():
+            raise ValueError("precision='bf16' needs a CPU with AMX or AVX512-BF16 (bf16 arithmetic in hardware); "
+                             "this CPU has neither: use precision='fp32'")
+        raise ValueError(f"precision='bf16' runs on the CPU with backend='openvino' (pip install \"ig3d[openvino]\")"
+                         f"{f', not with backend={backend!r}' if backend else ''} on device={device!r}")
+    raise ValueError(f"precision={precision!r} is not available with backend={backend or 'auto'!r} on {device!r}")
 
 
 #: Largest ONNX file (bytes) for which :class:`PerCoreModel` keeps a second, single-threaded
@@ -170,19 +181,23 @@ class PerCoreModel:
     10.6 -> 8.4 ms per face on 2 cores). Not for the Ig3D encoders, whose 3D and 2D runs of a lone
     face go at the same time."""
 
-    def __init__(self, model: Union[str, os.PathLike, bytes], *, workers: "Workers", backend: str = "onnxruntime",
-                 device: str = "cpu", threads: Optional[int] = None, name: str = "", spin: bool = False):
+    def __init__(self, model: ModelSource, *, workers: "Workers", backend: str = "onnxruntime",
+                 device: str = "cpu", threads: Optional[int] = None, name: str = "", spin: bool = False,
+                 precision: str = "fp32"):
         #: size of the ONNX file in bytes
         self.nbytes = len(model) if isinstance(model, bytes) else os.path.getsize(model)
         small = self.nbytes <= PER_CORE_MAX_BYTES
-        two = backend == "onnxruntime" and device == "cpu" and workers.parallel and small and threads != 1
-        self.all_cores = OnnxModel(model, backend=backend, device=device, threads=threads, name=name,
-                                   spin=spin and two)
-        self.one_core = OnnxModel(model, backend=backend, device=device, threads=1, name=name) if two else self.all_cores
+        two = device == "cpu" and workers.parallel and small and threads != 1
+        # without a second model the all-cores one also serves the workers' parallel runs
+        self.all_cores = load(model, backend=backend, device=device, threads=threads, name=name, spin=spin and two,
+                              precision=precision, parallel_runs=1 if two else workers.n)
+        self.one_core = load(model, backend=backend, device=device, threads=1, name=name, precision=precision,
+                             parallel_runs=workers.n) if two else self.all_cores
         self.name = self.all_cores.name
+        self.precision = precision
         self.input_names, self.output_names = self.all_cores.input_names, self.all_cores.output_names
 
-    def for_items(self, n: int) -> "OnnxModel":
+    def for_items(self, n: int) -> Model:
         """The session for a run of ``n`` items."""
         return self.one_core if n > 1 else self.all_cores
 
@@ -226,8 +241,9 @@ class Pending:
 class Workers:
     """Where a pipeline's model runs happen.
 
-    On the CPU (``n > 1``) every item of a batch is its own single-threaded ONNX Runtime run, and
-    the runs are spread over ``n`` worker threads (ONNX Runtime releases the GIL). Measured on a
+    On the CPU (``n > 1``) every item of a batch is its own single-threaded run, and the runs are
+    spread over ``n`` worker threads (every runtime releases the GIL while it runs). ``model`` is
+    any :class:`ig3d.engines.base.Model`. Measured on a
     2-core machine with the default preset's networks, per face: the landmark model 10.2 ms as
     one batched run of 16 on 2 intra-op threads, 5.2 ms as 16 runs of one on 2 workers; the
     detectors and the blendshape model gain 1.2-2x the same way (ONNX Runtime's intra-op
@@ -257,7 +273,7 @@ class Workers:
     def parallel(self) -> bool:
         return self._pool is not None
 
-    def start(self, model: "OnnxModel", items, prep=None) -> Pending:
+    def start(self, model: Model, items, prep=None) -> Pending:
         """Begin running ``model`` over ``items`` (at least one): an array batch, or any sequence
         that ``prep`` turns into the model's input batch (``prep(items[i:i + 1])`` per run on the
         CPU, ``prep(items)`` once otherwise; a CPU worker runs ``prep`` too, so input
@@ -276,5 +292,5 @@ class Workers:
 
         return Pending([self._pool.submit(one, items[i:i + 1]) for i in range(len(items))])
 
-    def run(self, model: "OnnxModel", items, prep=None) -> Dict[str, np.ndarray]:
+    def run(self, model: Model, items, prep=None) -> Dict[str, np.ndarray]:
         return self.start(model, items, prep).result()
