@@ -1,10 +1,11 @@
 // Affine crops with OpenCV INTER_LINEAR fixed-point arithmetic; see ig3d/warp.h.
 //
 // This is the C++ form of the numpy reference ig3d.faces.landmarks._warp_crops_numpy and must
-// stay byte-identical to it (python_tests/test_warp.py compares them): the same fixed-point
+// stay byte-identical to it (python_tests/test_landmarks.py compares them): the same fixed-point
 // coordinates (1/32 pixel plus 16 guard bits, formed from the same float64 expressions), the
-// same source region and clamping, the same integer blend. The file is compiled with
-// -ffp-contract=off so that no multiply-add is fused differently from numpy.
+// same source region and clamping, the same integer blend. That arithmetic is in ig3d/warp.h,
+// shared with the CUDA kernel; this file adds the per-crop precomputation, threads and the AVX2
+// loop. It is compiled with -ffp-contract=off so that no multiply-add is fused differently from numpy.
 #include "ig3d/warp.h"
 
 #include <algorithm>
@@ -28,23 +29,19 @@ int team_threads(int requested);  // ig3d/head.h
 
 namespace {
 
-constexpr int kFracBits = 5;                      // OpenCV INTER_BITS
-constexpr int64_t kFrac = 1 << kFracBits;         // 32 steps per pixel
-constexpr int kSubBits = 16;                      // guard bits below 1/32 pixel
-constexpr double kFixedScale = double(int64_t(1) << (kFracBits + kSubBits));
-constexpr int64_t kHalf = int64_t(1) << (kSubBits - 1);
-constexpr uint32_t kRound = 1u << (2 * kFracBits - 1);
+using warp::kFrac;
+using warp::kFracBits;
+using warp::kRound;
+using warp::kSubBits;
 
-inline int64_t fixed(double v) { return static_cast<int64_t>(std::nearbyint(v * kFixedScale)); }
-
-// One crop's sampling plan: fixed-point coordinate terms per output row and column, and how a
-// (row, column) source index is turned into an image pixel.
+// One crop's sampling plan: the shared warp::Map plus its fixed-point coordinate terms per output
+// row and column (precomputed once per crop), and what the fast loops may assume.
 struct Plan {
+  warp::Map map{};
   bool separable = false;
   // general: coordinate = off[i] + col[j]; separable: x from col_x[j], y from off_y[i]
   std::vector<int64_t> off_x, off_y, col_x, col_y;
-  int64_t x_lo = 0, y_lo = 0, max_rx = 0, max_ry = 0;  // region origin; clamp limits for taps
-  bool clip = false;
+  int64_t x_lo = 0, y_lo = 0;  // region origin (general maps)
   bool all_inside = false;  // every tap of every output pixel is an image pixel
   // all_inside, and no tap is the image's last pixel: 4-byte loads at any tap stay in the buffer
   bool wide_loads = false;
@@ -52,17 +49,19 @@ struct Plan {
 
 Plan make_plan(const double* m, int64_t s, int64_t h, int64_t w) {
   Plan p;
+  p.map = warp::make_map(m, s, h, w);
+  p.separable = p.map.separable;
   p.off_x.resize(s);
   p.off_y.resize(s);
   p.col_x.resize(s);
   p.col_y.resize(s);
-  if (m[1] == 0.0 && m[3] == 0.0) {  // no rotation or shear
-    p.separable = true;
-    const int64_t ox = fixed(m[2]), oy = fixed(m[5]);
-    for (int64_t k = 0; k < s; ++k) {
-      p.col_x[k] = fixed(m[0] * double(k)) + ox + kHalf;
-      p.off_y[k] = fixed(m[4] * double(k)) + oy + kHalf;
-    }
+  for (int64_t k = 0; k < s; ++k) {
+    p.off_x[k] = warp::row_x(m, p.map, k);
+    p.off_y[k] = warp::row_y(m, p.map, k);
+    p.col_x[k] = warp::col_x(m, p.map, k);
+    p.col_y[k] = warp::col_y(m, p.map, k);
+  }
+  if (p.separable) {
     const auto [xmin, xmax] = std::minmax_element(p.col_x.begin(), p.col_x.end());
     const auto [ymin, ymax] = std::minmax_element(p.off_y.begin(), p.off_y.end());
     const int64_t shift = kSubBits + kFracBits;
@@ -71,37 +70,11 @@ Plan make_plan(const double* m, int64_t s, int64_t h, int64_t w) {
     p.wide_loads = p.all_inside && ((*xmax >> shift) + 1 < w - 1 || (*ymax >> shift) + 1 < h - 1);
     return p;
   }
-  // Hull of the four corner samples, widened by the bilinear footprint, clamped to the image
-  // plus a 2-pixel ring.
-  const double c[4][2] = {{0, 0}, {double(s - 1), 0}, {0, double(s - 1)}, {double(s - 1), double(s - 1)}};
-  double min_x = INFINITY, min_y = INFINITY, max_x = -INFINITY, max_y = -INFINITY;
-  for (const auto& q : c) {
-    const double px = q[0] * m[0] + q[1] * m[1] + m[2];
-    const double py = q[0] * m[3] + q[1] * m[4] + m[5];
-    min_x = std::min(min_x, px);
-    max_x = std::max(max_x, px);
-    min_y = std::min(min_y, py);
-    max_y = std::max(max_y, py);
-  }
-  int64_t x_lo = std::max<int64_t>(int64_t(std::floor(min_x)) - 1, -2);
-  int64_t y_lo = std::max<int64_t>(int64_t(std::floor(min_y)) - 1, -2);
-  const int64_t x_hi = std::min<int64_t>(int64_t(std::floor(max_x)) + 2, w + 1);
-  const int64_t y_hi = std::min<int64_t>(int64_t(std::floor(max_y)) + 2, h + 1);
-  x_lo = std::min(x_lo, x_hi - 1);  // ROI entirely off the image
-  y_lo = std::min(y_lo, y_hi - 1);
-  p.x_lo = x_lo;
-  p.y_lo = y_lo;
-  p.clip = !(x_lo >= 0 && y_lo >= 0 && x_hi < w && y_hi < h);
-  p.all_inside = !p.clip;  // the region, which holds every tap, lies in the image
+  p.x_lo = p.map.x_lo;
+  p.y_lo = p.map.y_lo;
+  const int64_t x_hi = p.map.x_lo + p.map.max_rx + 1, y_hi = p.map.y_lo + p.map.max_ry + 1;
+  p.all_inside = !p.map.clip;  // the region, which holds every tap, lies in the image
   p.wide_loads = p.all_inside && (x_hi < w - 1 || y_hi < h - 1);
-  p.max_rx = x_hi - x_lo - 1;  // taps rx and rx + 1 stay inside the region
-  p.max_ry = y_hi - y_lo - 1;
-  for (int64_t k = 0; k < s; ++k) {
-    p.off_x[k] = fixed(m[1] * double(k) + (m[2] - double(x_lo)));
-    p.off_y[k] = fixed(m[4] * double(k) + (m[5] - double(y_lo)));
-    p.col_x[k] = fixed(m[0] * double(k)) + kHalf;
-    p.col_y[k] = fixed(m[3] * double(k)) + kHalf;
-  }
   return p;
 }
 
@@ -109,25 +82,11 @@ struct Image {
   const uint8_t* data;
   int64_t h, w, stride;
   bool zero_border;
-  // Pixel (x, y) in image coordinates, outside the image: the edge pixel or black.
-  inline const uint8_t* at(int64_t x, int64_t y, const uint8_t* black) const {
-    if (x < 0 || y < 0 || x >= w || y >= h) {
-      if (zero_border) return black;
-      x = std::clamp<int64_t>(x, 0, w - 1);
-      y = std::clamp<int64_t>(y, 0, h - 1);
-    }
-    return data + y * stride + 3 * x;
-  }
 };
 
 inline void blend(const uint8_t* p00, const uint8_t* p01, const uint8_t* p10, const uint8_t* p11, uint32_t ax,
                   uint32_t ay, const float* lut, float* o) {
-  const uint32_t bx = uint32_t(kFrac) - ax, by = uint32_t(kFrac) - ay;
-  for (int ch = 0; ch < 3; ++ch) {
-    const uint32_t top = p00[ch] * bx + p01[ch] * ax;
-    const uint32_t bot = p10[ch] * bx + p11[ch] * ax;
-    o[ch] = lut[(top * by + bot * ay + kRound) >> (2 * kFracBits)];
-  }
+  warp::blend(p00, p01, p10, p11, ax, ay, lut, o);
 }
 
 #ifdef IG3D_WARP_AVX2
@@ -200,7 +159,6 @@ bool have_avx2() {
 #endif
 
 void warp_row(const Image& im, const Plan& p, int64_t i, int64_t s, const float* lut, float* o) {
-  static const uint8_t black[3] = {0, 0, 0};
   if (p.all_inside) {  // no bounds checks
     const int64_t st = im.stride;
     int64_t j = 0;
@@ -227,32 +185,10 @@ void warp_row(const Image& im, const Plan& p, int64_t i, int64_t s, const float*
     }
     return;
   }
-  if (p.separable) {
-    const int64_t qy = p.off_y[i] >> kSubBits;
-    const int64_t y0 = qy >> kFracBits;
-    const uint32_t ay = uint32_t(qy & (kFrac - 1));
-    for (int64_t j = 0; j < s; ++j, o += 3) {
-      const int64_t qx = p.col_x[j] >> kSubBits;
-      const int64_t x0 = qx >> kFracBits;
-      const uint32_t ax = uint32_t(qx & (kFrac - 1));
-      blend(im.at(x0, y0, black), im.at(x0 + 1, y0, black), im.at(x0, y0 + 1, black),
-            im.at(x0 + 1, y0 + 1, black), ax, ay, lut, o);
-    }
-    return;
-  }
-  for (int64_t j = 0; j < s; ++j, o += 3) {
-    const int64_t qx = (p.off_x[i] + p.col_x[j]) >> kSubBits;
-    const int64_t qy = (p.off_y[i] + p.col_y[j]) >> kSubBits;
-    const uint32_t ax = uint32_t(qx & (kFrac - 1)), ay = uint32_t(qy & (kFrac - 1));
-    int64_t rx = qx >> kFracBits, ry = qy >> kFracBits;  // region indices
-    if (p.clip) {
-      rx = std::clamp<int64_t>(rx, 0, p.max_rx);
-      ry = std::clamp<int64_t>(ry, 0, p.max_ry);
-    }
-    const int64_t x = rx + p.x_lo, y = ry + p.y_lo;
-    blend(im.at(x, y, black), im.at(x + 1, y, black), im.at(x, y + 1, black), im.at(x + 1, y + 1, black), ax,
-          ay, lut, o);
-  }
+  // Near or across the border: the shared per-pixel rule with every bounds check.
+  for (int64_t j = 0; j < s; ++j, o += 3)
+    warp::sample(im.data, im.h, im.w, im.stride, im.zero_border, p.map, p.off_x[i] + p.col_x[j],
+                 p.off_y[i] + p.col_y[j], lut, o);
 }
 
 }  // namespace

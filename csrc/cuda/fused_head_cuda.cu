@@ -3,15 +3,25 @@
 // so a weight row is read once per block, coalesced, and reused ROWS times. The element math
 // (normalise_row, layer_epilogue, finish_row) is the same header the CPU path uses.
 //
+// Device arrays (Head::forward_device) run on the caller's stream with no host round trip and no
+// synchronisation: the weights are uploaded once per device, the activation scratch is a workspace
+// per head and device (grown, never shrunk, freed with the head), and an event orders calls that
+// come on different streams. Host arrays (Head::forward_cuda) are staged through the device's
+// stream-ordered memory pool and run the same launcher.
+//
 // The runtime is linked statically, so the module imports on machines with no driver; every CUDA
 // call is checked and turned into one std::runtime_error.
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "ig3d/cuda_api.h"
 #include "ig3d/fused_head.h"
 #include "ig3d/head.h"
 
@@ -108,18 +118,56 @@ T* upload(const std::vector<T>& v, std::vector<void*>& owned) {
   return static_cast<T*>(p);
 }
 
+cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Makes `device` current for its lifetime and restores the caller's device after.
+struct DeviceGuard {
+  int prev = -1;
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev), "cudaGetDevice");
+    if (prev != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (prev >= 0 && cudaGetDevice(&now) == cudaSuccess && now != prev) cudaSetDevice(prev);
+  }
+};
+
+// Whether `device` allocates from a stream-ordered pool (set up on first use: the pool keeps what
+// it gets, so steady-state allocations never reach the driver).
+bool uses_pool(int device) {
+  static std::mutex m;
+  static std::map<int, bool> known;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int supported = 0;
+  check(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device), "cudaDeviceGetAttribute");
+  if (supported) {
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  }
+  known[device] = supported != 0;
+  return supported != 0;
+}
+
 }  // namespace
 
-// Device copies of one head's weights and descriptor arrays, made on first use.
-struct CudaHeadState {
+// One device's copies of a head's weights and descriptor arrays, and its activation workspace.
+struct DeviceHeadState {
   std::vector<void*> owned;
   HeadDesc desc{};
   float* W = nullptr;
   float* bias = nullptr;
-  int device = -1;
+  float* workspace = nullptr;
+  size_t capacity = 0;  // floats
+  cudaEvent_t last_use = nullptr;
+  uintptr_t last_stream = 0;
+  bool used = false;
 
-  explicit CudaHeadState(const Head& head) {
-    check(cudaGetDevice(&device), "cudaGetDevice");
+  explicit DeviceHeadState(const Head& head) {
     const HeadSpec& s = head.spec();
     desc = head.desc();
     try {
@@ -132,15 +180,35 @@ struct CudaHeadState {
       desc.fusion_map = upload(s.fusion_map, owned);
       desc.w2d = upload(s.w2d, owned);
       desc.w3d = upload(s.w3d, owned);
+      check(cudaEventCreateWithFlags(&last_use, cudaEventDisableTiming), "cudaEventCreate");
     } catch (...) {
       release();
       throw;
     }
   }
-  ~CudaHeadState() { release(); }
+  ~DeviceHeadState() { release(); }
   void release() {
+    if (workspace) cudaFree(workspace);
+    workspace = nullptr;
     for (void* p : owned) cudaFree(p);
     owned.clear();
+    if (last_use) cudaEventDestroy(last_use);
+    last_use = nullptr;
+  }
+};
+
+// Every device's state of one head.
+struct CudaHeadState {
+  std::mutex mutex;
+  std::map<int, std::unique_ptr<DeviceHeadState>> devices;
+  ~CudaHeadState() {
+    for (auto& kv : devices) {
+      int prev = -1;
+      if (cudaGetDevice(&prev) != cudaSuccess) break;  // the driver is gone (process exit)
+      cudaSetDevice(kv.first);
+      kv.second.reset();
+      cudaSetDevice(prev);
+    }
   }
 };
 
@@ -159,59 +227,161 @@ int cuda_device_count(std::string* error) {
   return n;
 }
 
-void Head::forward_cuda(const float* params3d, const float* scores2d, const float* features2d, int64_t B,
-                        float* probs, float* logits, float* va, float* out3d) const {
+namespace gpu {
+
+void require_device(int device) {
   std::string why;
-  if (cuda_device_count(&why) == 0)
+  const int n = cuda_device_count(&why);
+  if (n == 0)
     throw std::runtime_error("ig3d: the CUDA path was requested but no CUDA device is available" +
                              (why.empty() ? std::string() : " (" + why + ")"));
+  if (device < 0 || device >= n)
+    throw std::runtime_error("ig3d: CUDA device " + std::to_string(device) + " does not exist (this machine has " +
+                             std::to_string(n) + ")");
+}
+
+int pointer_device(const void* p) {
+  require_device(0);
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) ? a.device : -1;
+}
+
+void* alloc(size_t bytes, int device, uintptr_t stream) {
+  require_device(device);
+  DeviceGuard g(device);
+  void* p = nullptr;
+  bytes = bytes ? bytes : 1;
+  if (uses_pool(device))
+    check(cudaMallocAsync(&p, bytes, as_stream(stream)), "cudaMallocAsync");
+  else
+    check(cudaMalloc(&p, bytes), "cudaMalloc");
+  return p;
+}
+
+void release(void* p, int device, uintptr_t stream) noexcept {
+  if (!p) return;
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  cudaSetDevice(device);
+  bool pool = false;
+  try {
+    pool = uses_pool(device);
+  } catch (...) {
+  }
+  if (pool ? cudaFreeAsync(p, as_stream(stream)) != cudaSuccess : cudaFree(p) != cudaSuccess) cudaGetLastError();
+  cudaSetDevice(prev);
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes, int device, uintptr_t stream) {
+  require_device(device);
+  DeviceGuard g(device);
+  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, as_stream(stream)), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes, int device, uintptr_t stream) {
+  require_device(device);
+  DeviceGuard g(device);
+  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, as_stream(stream)), "cudaMemcpyAsync");
+}
+
+void stream_wait(int device, uintptr_t waiter, uintptr_t waitee) {
+  require_device(device);
+  if (waiter == waitee) return;
+  DeviceGuard g(device);
+  cudaEvent_t e;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  cudaError_t r = cudaEventRecord(e, as_stream(waitee));
+  if (r == cudaSuccess) r = cudaStreamWaitEvent(as_stream(waiter), e, 0);
+  cudaEventDestroy(e);  // released once the wait is satisfied
+  check(r, "cudaStreamWaitEvent");
+}
+
+}  // namespace gpu
+
+void Head::forward_device(const float* params3d, const float* scores2d, const float* features2d, int64_t B,
+                          float* probs, float* logits, float* va, float* out3d, int device,
+                          uintptr_t stream) const {
+  gpu::require_device(device);
   if (B <= 0) return;
+  DeviceGuard g(device);
   {
     static std::mutex m;
     std::lock_guard<std::mutex> lock(m);
-    if (!cuda_) cuda_.reset(new CudaHeadState(*this));
+    if (!cuda_) cuda_.reset(new CudaHeadState());
   }
-  const HeadDesc& h = cuda_->desc;
-  const int64_t O = h.out_dim, C = h.num_classes;
-  std::vector<void*> owned;
-  struct Guard {
-    std::vector<void*>& v;
-    ~Guard() {
-      for (void* p : v) cudaFree(p);
+  std::lock_guard<std::mutex> lock(cuda_->mutex);
+  std::unique_ptr<DeviceHeadState>& slot = cuda_->devices[device];
+  if (!slot) slot.reset(new DeviceHeadState(*this));
+  DeviceHeadState& st = *slot;
+  const HeadDesc& h = st.desc;
+  const int64_t O = h.out_dim;
+  const size_t need = static_cast<size_t>(B) * static_cast<size_t>(h.scratch_width + O);
+  if (need > st.capacity) {  // grow (first calls only): the old workspace may still be in use
+    if (st.workspace) {
+      check(cudaEventSynchronize(st.last_use), "cudaEventSynchronize");
+      check(cudaFree(st.workspace), "cudaFree");
+      st.workspace = nullptr;
+      st.capacity = 0;
     }
-  } guard{owned};
-  auto alloc = [&](int64_t n) {
-    void* p = nullptr;
-    check(cudaMalloc(&p, (n > 0 ? n : 1) * sizeof(float)), "cudaMalloc");
-    owned.push_back(p);
-    return static_cast<float*>(p);
-  };
-  auto put = [&](const float* src, int64_t n) {
-    float* d = alloc(n);
-    check(cudaMemcpy(d, src, n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy to device");
-    return d;
-  };
-  const float* d_p = put(params3d, B * h.d_raw);
-  const float* d_s = scores2d ? put(scores2d, B * h.k2d) : nullptr;
-  const float* d_f = features2d ? put(features2d, B * h.f2d) : nullptr;
-  float* d_scratch = alloc(B * h.scratch_width);
-  float* d_fused = alloc(B * O);
-  float* d_probs = alloc(B * C);
-  float* d_logits = alloc(B * C);
-  float* d_va = va ? alloc(B * 2) : nullptr;
-  float* d_out3d = alloc(B * O);
-
-  const unsigned grid = static_cast<unsigned>((B + kRows - 1) / kRows);
-  fused_head_kernel<<<grid, kThreads>>>(h, cuda_->W, cuda_->bias, d_p, d_s, d_f, d_scratch, d_fused, d_probs,
-                                        d_logits, d_va, d_out3d, B);
-  check(cudaGetLastError(), "kernel launch");
-  check(cudaDeviceSynchronize(), "kernel");
-  check(cudaMemcpy(out3d, d_out3d, B * O * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-  if (C > 0) {
-    check(cudaMemcpy(probs, d_probs, B * C * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-    check(cudaMemcpy(logits, d_logits, B * C * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+    const size_t cap = need > 2 * st.capacity ? need : 2 * st.capacity;
+    check(cudaMalloc(&st.workspace, cap * sizeof(float)), "cudaMalloc (workspace)");
+    st.capacity = cap;
   }
-  if (va) check(cudaMemcpy(va, d_va, B * 2 * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+  const cudaStream_t s = as_stream(stream);
+  if (st.used && st.last_stream != stream) check(cudaStreamWaitEvent(s, st.last_use, 0), "cudaStreamWaitEvent");
+  float* scratch = st.workspace;
+  float* fused = st.workspace + static_cast<size_t>(B) * h.scratch_width;
+  const unsigned grid = static_cast<unsigned>((B + kRows - 1) / kRows);
+  fused_head_kernel<<<grid, kThreads, 0, s>>>(h, st.W, st.bias, params3d, scores2d, features2d, scratch, fused,
+                                                probs, logits, va, out3d, B);
+  check(cudaGetLastError(), "kernel launch");
+  check(cudaEventRecord(st.last_use, s), "cudaEventRecord");
+  st.last_stream = stream;
+  st.used = true;
+}
+
+void Head::forward_cuda(const float* params3d, const float* scores2d, const float* features2d, int64_t B,
+                        float* probs, float* logits, float* va, float* out3d) const {
+  gpu::require_device(0);
+  if (B <= 0) return;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const HeadDesc& h = desc_;
+  const int64_t O = h.out_dim, C = h.num_classes;
+  // One staging block: inputs then outputs, each part 256-byte aligned.
+  auto round = [](int64_t n) { return (n * int64_t(sizeof(float)) + 255) / 256 * 256; };
+  const int64_t sizes[7] = {B * h.d_raw, scores2d ? B * h.k2d : 0, features2d ? B * h.f2d : 0,
+                            B * C, B * C, va ? B * 2 : 0, B * O};
+  int64_t offs[7], total = 0;
+  for (int k = 0; k < 7; ++k) {
+    offs[k] = total;
+    total += round(sizes[k]);
+  }
+  const uintptr_t stream = 0;
+  char* block = static_cast<char*>(gpu::alloc(static_cast<size_t>(total), device, stream));
+  struct Release {
+    void* p;
+    int d;
+    ~Release() { gpu::release(p, d, 0); }
+  } rel{block, device};
+  auto at = [&](int k) { return reinterpret_cast<float*>(block + offs[k]); };
+  const void* host_in[3] = {params3d, scores2d, features2d};
+  for (int k = 0; k < 3; ++k)
+    if (host_in[k]) gpu::copy_to_device(at(k), host_in[k], sizes[k] * sizeof(float), device, stream);
+  forward_device(at(0), scores2d ? at(1) : nullptr, features2d ? at(2) : nullptr, B, at(3), at(4),
+                 va ? at(5) : nullptr, at(6), device, stream);
+  float* host_out[4] = {probs, logits, va, out3d};
+  for (int k = 0; k < 4; ++k)
+    if (host_out[k] && sizes[3 + k])
+      gpu::copy_to_host(host_out[k], at(3 + k), sizes[3 + k] * sizeof(float), device, stream);
 }
 
 }  // namespace ig3d

@@ -78,6 +78,13 @@ class Head {
   void forward_cuda(const float* params3d, const float* scores2d, const float* features2d, int64_t B,
                     float* probs, float* logits, float* va, float* out3d) const;
 
+  // CUDA path on device pointers (all on `device`): one launch on `stream` (a cudaStream_t as an
+  // integer), no host copy and no synchronisation. The activation scratch is a workspace owned by
+  // the head per device, grown when a larger batch comes and reused after; a call on another stream
+  // waits (on the GPU, by an event) for the previous call's use of it.
+  void forward_device(const float* params3d, const float* scores2d, const float* features2d, int64_t B,
+                      float* probs, float* logits, float* va, float* out3d, int device, uintptr_t stream) const;
+
  private:
   HeadSpec spec_;
   HeadDesc desc_{};
