@@ -47,8 +47,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     facts = {"version": __version__, **kernels.info(), "backends": available_backends()}
     facts["cuda_status"] = describe_cuda(facts["cuda_devices"], facts["cuda_status"], facts["cuda_compiled"])
+    facts.update(_precision_facts())
     print(json.dumps(facts, indent=2))
     return 0
+
+
+def _precision_facts() -> dict:
+    """Whether bf16 can run here, and which network runs in which precision with --precision bf16
+    (the others stay fp32: their bf16 outputs failed the accuracy gates)."""
+    from . import engines, ig3d_presets, presets
+
+    backend = next((b for b in engines.RUNTIME_MODULES if "bf16" in engines.get_runtime(b).precisions("cpu")), None)
+    nets = ["face_detector_full.onnx", "face_detector_short.onnx", "face_landmarks.onnx", "face_blendshapes.onnx",
+            "fer_mini_xception.onnx", "smirk", "emoca", "ddamfn", "cage"]
+    gated = presets.BF16_GATED | ig3d_presets.BF16_GATED
+    return {"bf16": f"available (backend={backend!r})" if backend else
+            "not available (needs backend='openvino' and a CPU with AMX or AVX512-BF16)",
+            "precision_with_bf16": {n: "bf16" if n in gated else "fp32" for n in nets}}
 
 
 def _table(path: str, faces) -> str:
@@ -297,7 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     elif args.overlay:
         several = len(paths) > 1 or any(Path(q).is_dir() for q in paths)
         overlay = _overlay_paths(args.overlay, several, good)
-    predictor = Predictor(preset=args.preset, backend=args.backend, device=args.device)
+    predictor = Predictor(preset=args.preset, backend=args.backend, device=args.device, precision=args.precision)
     failed = 0
 
     def report(message: str) -> None:
@@ -423,10 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default",
                    help="default (bundled), or an Ig3D preset: ig3d-smirk-ddamfn, ig3d-emoca-ddamfn, ig3d-emoca-cage, "
                         "ig3d-smirk-cage (their weights under $IG3D_HOME/weights)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
-                   help="what runs the networks (default: auto)")
+    from .engines import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="what runs the networks (default: auto: CUDA through ONNX Runtime when there is a GPU, "
+                        "else OpenVINO when installed, else ONNX Runtime)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA when ONNX Runtime has it, else the CPU; cuda without a GPU is an error")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32 (default, exact) or bf16 (CPUs with AMX or AVX512-BF16, OpenVINO; only the networks "
+                        "that pass the accuracy gates: see `ig3d info`)")
     p.set_defaults(func=_cmd_predict)
 
     from .convert import KINDS

@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .engines import PerCoreModel
+from .engines import PerCoreModel, network_precision
 from .faces import align
 from .fusion import FusedHead
 from .hub import HOW_TO_GET, weights_dir
@@ -46,6 +46,10 @@ _CROP = {  # encoder -> (affine builder, input size, ImageNet normalisation)
     "cage": (align.cage_affine, 224, True),
 }
 _SCORES = {"ddamfn": "logits", "cage": "outputs"}
+#: The encoders that run in bf16 when a Predictor asks for ``precision="bf16"``: those whose bf16
+#: outputs pass the accuracy gates on the shared photos' crops (python_tests/test_bf16_gates.py);
+#: the others stay fp32.
+BF16_GATED = frozenset({"smirk", "emoca", "ddamfn", "cage"})
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -82,7 +86,8 @@ class Ig3DPipeline:
     """One Ig3D preset. ``run(images)`` -> one list of :class:`FaceResult` per image."""
 
     def __init__(self, preset: str, *, weights: Mapping[str, object], backend: str, device: str,
-                 threads: Optional[int] = None, head_device: str = "cpu", faces_pipeline=None):
+                 threads: Optional[int] = None, head_device: str = "cpu", faces_pipeline=None,
+                 precision: Union[str, Mapping[str, str]] = "fp32"):
         if preset not in IG3D_PRESETS:
             raise ValueError(f"preset: expected one of {sorted(IG3D_PRESETS)}, got {preset!r}")
         self.preset = preset
@@ -92,7 +97,7 @@ class Ig3DPipeline:
         if faces_pipeline is None:
             from .presets import DefaultPipeline
 
-            faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads)
+            faces_pipeline = DefaultPipeline(backend=backend, device=device, threads=threads, precision=precision)
         self.faces = faces_pipeline  # detectors and landmarks are the default preset's
         #: the default preset's workers run the encoders too: on the CPU one run per face, spread
         #: over the cores (measured 1.25-1.35x the images/s of one batched run of 32 for DDAMFN++
@@ -100,9 +105,15 @@ class Ig3DPipeline:
         #: encoders are alike in size (see _runs)
         self.workers = faces_pipeline.workers
 
+        #: encoder -> the precision it runs in (see BF16_GATED)
+        self.precisions: Dict[str, str] = {}
+        # threads inside a lone run: the faces pipeline's setting, else the runtime's default (all cores)
+        run_threads = getattr(faces_pipeline, "threads_per_run", None) if threads is None else threads
+
         def model(part):
+            self.precisions[part] = network_precision(precision, part, BF16_GATED)
             return PerCoreModel(found[part], workers=self.workers, backend=backend, device=device,
-                                threads=threads, name=part)
+                                threads=run_threads, name=part, precision=self.precisions[part])
 
         self.enc3d = model(self.enc3d_name)
         self.enc2d = model(self.enc2d_name)

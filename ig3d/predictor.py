@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import engines
 from .fusion import FusedHead
@@ -28,14 +28,24 @@ class Predictor:
             ``ig3d convert`` wrote) and "head" (a ``FusedHead`` file). Parts not given are looked
             for under ``$IG3D_HOME/weights``; missing ones are listed in one error with where to
             get each.
-        backend: "auto", "onnxruntime" or "tensorrt" (runs the encoders).
+        backend: what runs the networks: "auto", "onnxruntime", "openvino" (CPU; ``pip install
+            "ig3d[openvino]"``) or "tensorrt". "auto": ONNX Runtime's CUDA provider on a CUDA machine;
+            on the CPU the fastest installed runtime whose fp32 outputs equal ONNX Runtime's (OpenVINO
+            when installed, else ONNX Runtime); see :mod:`ig3d.engines`.
         device: "auto" (CUDA when ONNX Runtime has it, else CPU), "cpu" or "cuda". An explicit
             "cuda" without a GPU raises ``RuntimeError``; there is no silent fallback.
+        precision: "fp32" (default, exact) or "bf16": only on request, only on CPUs with AMX or
+            AVX512-BF16 (elsewhere ``ValueError``), with OpenVINO. Per network: a network whose bf16
+            outputs failed the accuracy gates stays fp32; :attr:`precisions` says which is which.
         head: a trained :class:`FusedHead` (or the path of one saved with ``FusedHead.save``) to
             replace the preset's 3D head.
-        threads: CPU worker threads (default: the cores this process may run on). On the CPU
-            each face is its own single-threaded network run and the runs are spread over the
-            workers; ``threads=1`` runs each network once per call on the whole batch instead.
+        parallel_runs: how many network runs go at once on the CPU (worker threads; default: the
+            cores this process may run on). Each face is its own single-threaded run, spread over
+            them; ``parallel_runs=1`` runs each network once per call on the whole batch instead.
+        threads_per_run: threads inside one run that has the CPU to itself (a call's only face, or
+            the batched runs when ``parallel_runs=1``); default: ``parallel_runs``.
+        threads: shorthand for ``parallel_runs=threads, threads_per_run=threads`` (its meaning
+            before those two existed); the two explicit arguments win where given.
         min_face_size: smallest face, in pixels, to look for (default 40). Images more than
             about ten times that size are also scanned in overlapping tiles (one extra batched
             detector run); ``None`` skips the tiles when faces are known to be large (VR, a
@@ -48,7 +58,9 @@ class Predictor:
 
     def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,
                  head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None,
-                 min_face_size: Optional[int] = 40, weights: Optional[dict] = None):
+                 min_face_size: Optional[int] = 40, weights: Optional[dict] = None,
+                 precision: Union[str, Mapping[str, str]] = "fp32", parallel_runs: Optional[int] = None,
+                 threads_per_run: Optional[int] = None):
         from . import ig3d_presets, presets
 
         known = list(presets.PRESETS) + list(ig3d_presets.IG3D_PRESETS)
@@ -56,7 +68,8 @@ class Predictor:
             raise ValueError(f"preset: expected one of {known}, got {preset!r}")
         if weights is not None and preset in presets.PRESETS:
             raise ValueError("weights: the default preset is bundled; use head= to replace its 3D head")
-        self._backend, self._device = engines.resolve(backend, device)
+        asked = "bf16" if not isinstance(precision, str) and "bf16" in dict(precision).values() else precision
+        self._backend, self._device = engines.resolve(backend, device, asked)
         if head is not None and not isinstance(head, FusedHead):
             head = FusedHead.load(head)
         from . import kernels
@@ -64,7 +77,8 @@ class Predictor:
         head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
         faces = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
                                         head=head if preset == "default" else None, head_device=head_device,
-                                        min_face_size=min_face_size)
+                                        min_face_size=min_face_size, precision=precision,
+                                        parallel_runs=parallel_runs, threads_per_run=threads_per_run)
         if preset == "default":
             self._pipeline = faces
         else:
@@ -72,7 +86,10 @@ class Predictor:
             if head is not None:
                 w["head"] = head
             self._pipeline = ig3d_presets.Ig3DPipeline(preset, weights=w, backend=self._backend, device=self._device,
-                                                       threads=threads, head_device=head_device, faces_pipeline=faces)
+                                                       threads=threads_per_run or threads, head_device=head_device,
+                                                       faces_pipeline=faces, precision=precision)
+        #: network -> the precision it runs in ("fp32" or "bf16")
+        self._precisions: Dict[str, str] = {**faces.precisions, **getattr(self._pipeline, "precisions", {})}
         self._preset = preset
         log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
                  self._device, head_device)
@@ -85,6 +102,11 @@ class Predictor:
     def backend(self) -> str:
         """The backend chosen for the encoders (read-only)."""
         return self._backend
+
+    @property
+    def precisions(self) -> Dict[str, str]:
+        """Network -> the precision it runs in ("fp32" or "bf16"; read-only copy)."""
+        return dict(self._precisions)
 
     @property
     def device(self) -> str:
@@ -176,4 +198,7 @@ class Predictor:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r})"
+        bf16 = sorted(n for n, p in self._precisions.items() if p == "bf16")
+        fp32 = sorted(n for n, p in self._precisions.items() if p != "bf16")
+        prec = f", bf16={bf16}, fp32={fp32}" if bf16 else ""  # all fp32 unless bf16 was asked for
+        return f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r}{prec})"

@@ -12,12 +12,12 @@ depend on the other images in the call.
 from __future__ import annotations
 
 from importlib import resources
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import prior
-from .engines import OnnxModel, PerCoreModel, Workers, usable_cores
+from .engines import PerCoreModel, Workers, load, network_precision, usable_cores
 from .faces import detect, landmarks as lmk, pose
 from .faces.detect import Letterbox
 from .faces.mediapipe_constants import BLENDSHAPE_NAMES, LANDMARK_MIN_PRESENCE
@@ -35,6 +35,13 @@ MERGE_IOU = 0.3
 #: detector's 192x192 input are missed, so larger images are also scanned in tiles.
 MIN_FACE_SIZE = 40
 TILE_FACE_PIXELS = 16
+#: The networks that run in bf16 when a Predictor asks for ``precision="bf16"``: those whose bf16
+#: outputs pass the accuracy gates on every shared photo (python_tests/test_bf16_gates.py: same labels,
+#: landmarks within 1 px, blendshapes and valence/arousal within 0.03); the others stay fp32. Measured
+#: alone in bf16 against all-fp32 on the shared photos: the full-range detector moves landmarks 0.3 px,
+#: blendshapes 0.021, VA 0.014; the short-range detector and mini-Xception (VA 0.002) less; the landmark
+#: model (landmarks by pixels, blendshapes 0.39) and the blendshape model (0.36) fail and stay fp32.
+BF16_GATED = frozenset({"face_detector_full.onnx", "face_detector_short.onnx", "fer_mini_xception.onnx"})
 
 
 def asset_path(name: str) -> str:
@@ -128,24 +135,34 @@ class DefaultPipeline:
 
     def __init__(self, *, backend: str, device: str, threads: Optional[int] = None,
                  head: Optional[FusedHead] = None, head_device: str = "cpu",
-                 min_face_size: Optional[int] = MIN_FACE_SIZE):
-        if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be a positive number of CPU threads or None, got {threads}")
-        cpu = backend == "onnxruntime" and device == "cpu"
-        #: CPU: single-threaded sessions, one run per face, spread over this many worker threads
-        self.workers = Workers((int(threads) if threads else usable_cores()) if cpu else 1)
+                 min_face_size: Optional[int] = MIN_FACE_SIZE, precision: Union[str, Mapping[str, str]] = "fp32",
+                 parallel_runs: Optional[int] = None, threads_per_run: Optional[int] = None):
+        for arg, v in (("threads", threads), ("parallel_runs", parallel_runs), ("threads_per_run", threads_per_run)):
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{arg} must be a positive number of CPU threads or None, got {v}")
+        cpu = device == "cpu"
+        #: CPU: single-threaded runs, one per face, this many at once (worker threads)
+        self.workers = Workers((int(parallel_runs or threads or 0) or usable_cores()) if cpu else 1)
+        #: threads inside one run that has the cores to itself (a lone face, a batched run)
+        self.threads_per_run = int(threads_per_run or threads or 0) or (self.workers.n if cpu else None)
+        #: network file -> the precision it runs in (see BF16_GATED)
+        self.precisions: Dict[str, str] = {}
 
         def model(name):
-            return OnnxModel(asset_path(name), backend=backend, device=device,
-                             threads=1 if cpu else threads, name=name)
+            self.precisions[name] = network_precision(precision, name, BF16_GATED)
+            return load(asset_path(name), backend=backend, device=device, name=name,
+                        threads=1 if self.workers.parallel else self.threads_per_run,
+                        parallel_runs=self.workers.n, precision=self.precisions[name])
 
         self.det_full = model("face_detector_full.onnx")
         self.det_short = model("face_detector_short.onnx")
         #: a call's only face runs the landmark model on every core (nothing else is left to run
         #: then: the batch-1 critical path, 10.6 -> 8.4 ms on 2 cores), several faces one per core
-        self.landmarker = PerCoreModel(asset_path("face_landmarks.onnx"), workers=self.workers, backend=backend,
-                                       device=device, threads=self.workers.n if cpu else threads,
-                                       name="face_landmarks.onnx", spin=True)
+        lm_name = "face_landmarks.onnx"
+        self.precisions[lm_name] = network_precision(precision, lm_name, BF16_GATED)
+        self.landmarker = PerCoreModel(asset_path(lm_name), workers=self.workers, backend=backend,
+                                       device=device, threads=self.threads_per_run, name=lm_name, spin=True,
+                                       precision=self.precisions[lm_name])
         self.blendshaper = model("face_blendshapes.onnx")
         self.fer = model("fer_mini_xception.onnx")
         self.head = head if head is not None else prior.default_head()

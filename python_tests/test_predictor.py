@@ -293,15 +293,16 @@ def test_predictor_settings():
     with pytest.raises(ValueError, match="preset: expected one of"):
         ig3d.Predictor(preset="nope")
     with pytest.raises(ValueError, match="backend: expected one of"):
-        ig3d.Predictor(backend="openvino")
+        ig3d.Predictor(backend="nope")
     if "onnxruntime-cuda" not in ig3d.available_backends():
         with pytest.raises(RuntimeError, match="device='cuda' was requested"):
             ig3d.Predictor(device="cuda")
     if "tensorrt-cuda" not in ig3d.available_backends():
         with pytest.raises(RuntimeError, match="backend='tensorrt' needs"):
             ig3d.Predictor(backend="tensorrt")
-    p = ig3d.Predictor(device="cpu")
-    assert (p.backend, p.device) == ("onnxruntime", "cpu")
+    p = ig3d.Predictor(device="cpu")  # auto: the fastest exact CPU runtime installed
+    assert (p.backend, p.device) == ("openvino" if "openvino-cpu" in ig3d.available_backends() else "onnxruntime",
+                                     "cpu")
 
 
 def test_trained_head_replaces_the_prior(tmp_path, faces):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .onnxruntime import OnnxModel  # the ONNX Runtime model class (imports onnx
 
 __all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores",
            "describe_cuda", "PerCoreModel", "Model", "Runtime", "get_runtime", "runtimes", "load", "PRECISIONS",
-           "RUNTIME_MODULES", "precisions"]
+           "RUNTIME_MODULES", "precisions", "network_precision"]
 
 #: backend name -> "module:attribute" of its :class:`Runtime` instance (attribute default: RUNTIME),
 #: in the order they are listed
@@ -82,6 +82,20 @@ def load(model: ModelSource, *, backend: str = "onnxruntime", device: str = "cpu
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     return get_runtime(backend).load(model, device=device, threads=threads, parallel_runs=parallel_runs,
                                      precision=precision, name=name, spin=spin)
+
+
+def network_precision(precision: Union[str, Mapping[str, str]], network: str, passes_gate: Collection[str]) -> str:
+    """The precision one network runs in. ``precision="fp32"``: fp32. ``"bf16"``: bf16 for the networks
+    in ``passes_gate`` (those whose bf16 outputs passed the accuracy gates), fp32 for the others. A
+    mapping network -> precision sets each network explicitly (unlisted ones: fp32), gates or not."""
+    if isinstance(precision, Mapping):
+        p = precision.get(network, "fp32")
+        if p not in PRECISIONS:
+            raise ValueError(f"precision[{network!r}]: expected one of {PRECISIONS}, got {p!r}")
+        return p
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    return "bf16" if precision == "bf16" and network in passes_gate else "fp32"
 
 
 #: CUDA runtime error name -> what it means for a user, for :func:`describe_cuda`
