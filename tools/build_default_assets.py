@@ -13,9 +13,11 @@ Writes to ``ig3d/assets/`` (or ``--out``):
                                RGB in [-1, 1] -> ``raw_boxes`` [N,896,16],
                                ``raw_scores`` [N,896,1] (logits).
 ``face_detector_full.onnx``    full-range sparse detector (mediapipe 0.10.21).
-                               ``image`` [N,192,192,3] RGB in [-1, 1] ->
-                               ``raw_boxes`` [N,2304,16], ``raw_scores``
-                               [N,2304,1] (logits).
+                               ``image`` [N,H,W,3] RGB in [-1, 1] (192x192 as
+                               trained; any multiple of 32 runs the same
+                               convolutions over a larger image) ->
+                               ``raw_boxes`` [N,A,16], ``raw_scores`` [N,A,1]
+                               (logits; A = H/4 * W/4, 2304 at 192).
 ``face_landmarks.onnx``        FaceMesh v2. ``image`` [N,256,256,3] RGB in
                                [0, 1] -> ``landmarks`` [N,478,3] (x, y in input
                                pixels, z in the same pixel scale), ``presence``
@@ -75,7 +77,29 @@ def build_detector_full() -> bytes:
         doc_string="MediaPipe full-range face detector (mediapipe 0.10.21 "
                    "face_detection_full_range_sparse.tflite). Input RGB NHWC in "
                    "[-1, 1]; outputs raw regressors (input pixels) and score logits.")
-    return _onnx_bytes(model)
+    return _onnx_bytes(_dynamic_spatial(model, "full-range detector"))
+
+
+def _dynamic_spatial(model, what: str):
+    """Make a fully convolutional NHWC detector's input height/width (and its outputs' anchor
+    count) symbolic, so that it runs on inputs larger than it was trained on. Refuses a graph
+    whose shapes are baked in (a ``Reshape`` to a constant anchor count, a ``Resize`` to fixed
+    sizes): there the larger input would fail or be wrong."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            shape = inits[node.input[1]].tolist()
+            if shape[1] != -1:
+                raise ValueError(f"{what}: Reshape {node.name or node.output[0]} to {shape} fixes the anchor count")
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
+            raise ValueError(f"{what}: Resize {node.name or node.output[0]} has fixed output sizes")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[1].dim_param, dims[2].dim_param = "H", "W"
+    for out in model.graph.output:
+        out.type.tensor_type.shape.dim[1].dim_param = "A"
+    return model
 
 
 def build_landmarks() -> bytes:

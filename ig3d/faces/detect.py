@@ -45,11 +45,13 @@ __all__ = [
     "KEYPOINT_NAMES",
     "Letterbox",
     "SHORT_RANGE",
+    "ScaledView",
     "decode",
     "iou_matrix",
     "letterbox",
     "letterbox_batch",
     "postprocess",
+    "scan_shape",
     "ssd_anchors",
     "weighted_nms",
 ]
@@ -81,9 +83,15 @@ class DetectorSpec:
     def num_anchors(self) -> int:
         return len(self.anchors())
 
-    def anchors(self) -> np.ndarray:
-        return ssd_anchors(self.input_size, self.strides,
-                           interpolated_scale_aspect_ratio=self.interpolated_scale_aspect_ratio)
+    def anchors(self, input_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The anchors of the spec's own square input, or of a larger ``(height, width)`` input
+        (both multiples of the largest stride the network has inside: 32 for BlazeFace) run
+        through the same convolutional network: the grid is ``input / stride`` per layer, so
+        the anchors follow the input size while every cell keeps its meaning."""
+        if input_hw is None:
+            return ssd_anchors(self.input_size, self.strides,
+                               interpolated_scale_aspect_ratio=self.interpolated_scale_aspect_ratio)
+        return _grid_anchors(self, (int(input_hw[0]), int(input_hw[1])))
 
 
 #: 128x128 short-range BlazeFace (face_detection_short_range.tflite; face_detector.tflite in
@@ -100,6 +108,22 @@ FULL_RANGE = DetectorSpec("full_range", 192, (4,), 0.0, min_score_thresh=0.6)
 # --------------------------------------------------------------------------------------------
 # Anchors
 # --------------------------------------------------------------------------------------------
+
+_ANCHOR_CACHE: dict = {}
+
+
+def _grid_anchors(spec: DetectorSpec, input_hw: tuple[int, int]) -> np.ndarray:
+    """:func:`ssd_anchors` for ``spec`` on an ``input_hw`` input, kept for reuse (a video's frames
+    all have one size); read-only."""
+    key = (spec.strides, spec.interpolated_scale_aspect_ratio, input_hw)
+    a = _ANCHOR_CACHE.get(key)
+    if a is None:
+        if len(_ANCHOR_CACHE) > 64:
+            _ANCHOR_CACHE.clear()
+        a = ssd_anchors(input_hw, spec.strides, interpolated_scale_aspect_ratio=spec.interpolated_scale_aspect_ratio)
+        a.setflags(write=False)
+        _ANCHOR_CACHE[key] = a
+    return a
 
 def ssd_anchors(input_size: int | tuple[int, int], strides, *,
                 aspect_ratios=(1.0,), interpolated_scale_aspect_ratio: float = 1.0,
@@ -328,6 +352,42 @@ class Letterbox:
         return self.to_image(b.reshape(*b.shape[:-1], 2, 2)).reshape(b.shape)
 
 
+@dataclass(frozen=True)
+class ScaledView:
+    """How (part of) an ``image_hw`` image sits in a ``tensor_hw`` detector input of any shape:
+    tensor pixel ``u = x * scale + pad_x`` (likewise y; ``pad`` negative where the view starts
+    inside the image). The map of the default preset's small-face scan (the whole image at one
+    scale in a larger input) and of its zoomed views; :class:`Letterbox` is the square case."""
+
+    image_hw: tuple[int, int]
+    tensor_hw: tuple[int, int]
+    scale: float
+    pad_x: float = 0.0
+    pad_y: float = 0.0
+
+    def to_image(self, xy_norm: np.ndarray) -> np.ndarray:
+        """Map normalised tensor coordinates ``[..., 2]`` (x, y) to image pixels."""
+        h, w = self.tensor_hw
+        xy = np.asarray(xy_norm, np.float32) * np.array([w, h], np.float32)
+        return (xy - np.array([self.pad_x, self.pad_y], np.float32)) / self.scale
+
+    def boxes_to_image(self, boxes_norm: np.ndarray) -> np.ndarray:
+        """Map normalised xyxy boxes ``[..., 4]`` to image pixels (not clipped)."""
+        b = np.asarray(boxes_norm, np.float32)
+        return self.to_image(b.reshape(*b.shape[:-1], 2, 2)).reshape(b.shape)
+
+
+def scan_shape(image_hw: tuple[int, int], scale: float, multiple: int = 32) -> tuple[int, int]:
+    """``(height, width)`` of a detector input that holds an ``image_hw`` image at ``scale``,
+    each side rounded up to a ``multiple`` of the network's largest inner stride (32 for
+    BlazeFace: its feature maps then tile the input exactly, as at 128 and 192)."""
+    if not scale > 0:
+        raise ValueError(f"scan_shape: scale must be positive, got {scale}")
+    h, w = image_hw
+    return (max(multiple, int(np.ceil(h * scale / multiple)) * multiple),
+            max(multiple, int(np.ceil(w * scale / multiple)) * multiple))
+
+
 def _bilinear_axis(n_out: int, n_in: int, scale: float, pad: float):
     """Source indices and weights for one axis of the letterbox warp.
 
@@ -402,18 +462,24 @@ class FaceDetections:
 def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, spec: DetectorSpec,
                 letterboxes: list[Letterbox] | None = None, *,
                 min_score: float | None = None, iou_thresh: float | None = None,
-                anchors: np.ndarray | None = None) -> list[FaceDetections]:
+                anchors: np.ndarray | None = None,
+                input_hw: tuple[int, int] | None = None) -> list[FaceDetections]:
     """Decode + score threshold + weighted NMS + un-letterbox, for a batch.
 
     Args:
         raw_boxes: ``[N, A, 16]``; raw_scores: ``[N, A, 1]`` (the two detector outputs).
         spec: :data:`SHORT_RANGE` or :data:`FULL_RANGE` (or a custom :class:`DetectorSpec`).
-        letterboxes: one per image from :func:`letterbox`; ``None`` keeps normalised
-            tensor coordinates.
+        letterboxes: one per image from :func:`letterbox` (or :class:`ScaledView` maps);
+            ``None`` keeps normalised tensor coordinates.
         min_score, iou_thresh: override ``spec.min_score_thresh`` /
             ``spec.min_suppression_threshold``.
+        input_hw: ``(height, width)`` of an input larger than ``spec.input_size`` run through
+            the same network; the anchors default to that grid and the regressors, which are in
+            input pixels, are scaled by it.
     """
-    anchors = spec.anchors() if anchors is None else anchors
+    if anchors is None:
+        anchors = spec.anchors(input_hw)
+    size = spec.input_size if input_hw is None else input_hw
     raw_boxes = np.asarray(raw_boxes, np.float32)
     raw_scores = np.asarray(raw_scores, np.float32)
     if raw_boxes.ndim == 2:
@@ -432,7 +498,7 @@ def postprocess(raw_boxes: np.ndarray, raw_scores: np.ndarray, spec: DetectorSpe
     for i in range(raw_boxes.shape[0]):  # per image; the per-anchor work is vectorised
         cand = np.flatnonzero(all_scores[i] >= thr)
         boxes, kps, _ = decode(raw_boxes[i, cand][None], raw_scores[i, cand][None], anchors[cand],
-                               spec.input_size, num_keypoints=spec.num_keypoints,
+                               size, num_keypoints=spec.num_keypoints,
                                score_clipping_thresh=spec.score_clipping_thresh)
         boxes, kps, scores = boxes[0], kps[0], all_scores[i, cand]
         # MediaPipe drops boxes with negative or NaN size before NMS (b/171391719).
