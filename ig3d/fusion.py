@@ -98,8 +98,19 @@ class FusedOutput(NamedTuple):
     va: Optional[np.ndarray]
     out3d: np.ndarray
 
+    def to_numpy(self) -> "FusedOutput":
+        """The same output with every array on the host: device arrays (from a call on device
+        inputs, see :class:`ig3d.device.DeviceArray`) are copied, numpy arrays returned as they are."""
+        return FusedOutput(*(None if a is None or isinstance(a, np.ndarray) else a.numpy() for a in self))
+
 
 _new_output = tuple.__new__
+
+
+def _device_mod():
+    from . import device
+
+    return device
 
 
 def fold_batchnorm(weight, bias, gamma, beta, running_mean, running_var, eps: float = 1e-5):
@@ -255,17 +266,70 @@ class FusedHead:
         return (f"FusedHead({self.name or 'unnamed'}: D={self.input_dim} -> {'->'.join(map(str, widths))}, "
                 f"C={self.num_classes}, va={self.va_index}, fusion={self.fusion}, precision={self.precision})")
 
-    def __call__(self, params3d, scores2d=None, features2d=None, *, device: str = "cpu",
-                 threads: Optional[int] = None) -> FusedOutput:
+    def __call__(self, params3d, scores2d=None, features2d=None, *, device: Optional[str] = None,
+                 threads: Optional[int] = None, stream: Any = None) -> FusedOutput:
         """Run the head on a batch.
 
         params3d: [B, D] float; scores2d: [B, K] raw 2D scores (optional: without them the result
         is the 3D branch alone); features2d: [B, F] (required for intermediate fusion).
-        device: "cpu" or "cuda". threads: CPU threads (default: ``ig3d.kernels.get_num_threads()``).
+
+        Host inputs (numpy arrays) give numpy outputs; ``device="cuda"`` runs them on the GPU
+        (copied there and back). CUDA device inputs (torch CUDA tensors, CuPy arrays, anything with
+        ``__cuda_array_interface__`` or DLPack, float32 and C-contiguous, all on one device) run as
+        one kernel launch on ``stream`` (default: torch's current stream for torch tensors, else the
+        producer's ``__cuda_array_interface__`` stream, else the default stream) and give
+        :class:`ig3d.device.DeviceArray` outputs on that device: no host round trip and no
+        synchronisation; ``out.to_numpy()`` copies them to the host.
+
+        device: None (where the inputs are), "cpu" or "cuda". threads: CPU threads (default:
+        ``ig3d.kernels.get_num_threads()``). stream: a ``cudaStream_t`` as an int, or a torch/CuPy
+        stream object (device inputs only).
         """
-        # tuple.__new__ skips NamedTuple's argument parsing: this call is on the hot path
-        return _new_output(FusedOutput, self._core.forward(params3d, scores2d, features2d, device,
-                                                           0 if threads is None else threads))
+        host = (type(params3d) is np.ndarray and (scores2d is None or type(scores2d) is np.ndarray)
+                and (features2d is None or type(features2d) is np.ndarray))
+        if not host:
+            is_dev = _device_mod().is_device_array
+            host = not (is_dev(params3d) or is_dev(scores2d) or is_dev(features2d))
+        if host:
+            if stream is not None:
+                raise ValueError("stream: only used with CUDA device inputs; these inputs are on the host")
+            # tuple.__new__ skips NamedTuple's argument parsing: this call is on the hot path
+            return _new_output(FusedOutput, self._core.forward(params3d, scores2d, features2d, device or "cpu",
+                                                               0 if threads is None else threads))
+        if device not in (None, "cuda"):
+            raise ValueError(f"device: {device!r} was asked for but the inputs are CUDA device arrays (pass host "
+                             "arrays to run on the CPU, or device='cuda')")
+        return self._call_device(params3d, scores2d, features2d, stream)
+
+    def _call_device(self, params3d, scores2d, features2d, stream) -> FusedOutput:
+        dev_mod = _device_mod()
+        given = {"params3d": params3d, "scores2d": scores2d, "features2d": features2d}
+        s = dev_mod.resolve_stream([a for a in given.values() if a is not None], stream)
+        if scores2d is not None and self.scores2d_dim == 0:
+            raise ValueError("scores2d: this head has no late fusion (scores2d_dim=0), but scores2d was given")
+        if self.features2d_dim == 0 and features2d is not None:
+            raise ValueError("features2d: this head has no intermediate fusion (features2d_dim=0), "
+                             "but features2d was given")
+        if self.features2d_dim > 0 and features2d is None:
+            raise ValueError(f"features2d: this head fuses a 2D feature of width {self.features2d_dim} "
+                             "(intermediate fusion); features2d is required")
+        infos = [dev_mod.inspect(a, name, stream=s) for name, a in given.items() if a is not None]
+        B = dev_mod.check_matrix(infos[0], self.input_dim)
+        widths = {"scores2d": self.scores2d_dim, "features2d": self.features2d_dim}
+        for info in infos[1:]:
+            dev_mod.check_matrix(info, widths[info.name], B)
+        dev = dev_mod.common_device(infos)
+        dev_mod.wait_for_producers(infos, dev, s)
+        ptr = {i.name: i.ptr for i in infos}
+        buf, (o_probs, o_logits, o_va, o_out3d) = self._core.forward_device(
+            ptr["params3d"], ptr.get("scores2d", 0), ptr.get("features2d", 0), B, dev, s)
+        keep = tuple(i.owner for i in infos)
+        C, O = self.num_classes, self.out_dim
+
+        def arr(offset, width):
+            return dev_mod.DeviceArray(buf, offset, (B, width), np.float32, dev, s, keep)
+
+        return FusedOutput(arr(o_probs, C), arr(o_logits, C), None if o_va < 0 else arr(o_va, 2), arr(o_out3d, O))
 
     # ------------------------------------------------------------------------------------------
     def config(self) -> dict:
