@@ -31,9 +31,20 @@ PRESETS = ("default",)
 FER_SIZE = 64
 FER_CROP_SCALE = 1.1  # square side = 1.1 x the longer side of the landmarks' bounding box
 MERGE_IOU = 0.3
-#: Smallest face (pixels) the default preset looks for. Faces below ~20 px in the full-range
-#: detector's 192x192 input are missed, so larger images are also scanned in tiles.
+#: Smallest face (pixels) the default preset looks for. The full-range detector misses faces below
+#: ~16-20 px of its input, so an image too large for that at 192x192 is also scanned once whole,
+#: at the scale where a face of this size spans SCAN_FACE_PIXELS (the small-face scan).
 MIN_FACE_SIZE = 40
+#: detector pixels a face of ``min_face_size`` spans in the small-face scan
+SCAN_FACE_PIXELS = 16
+#: scan detections scoring from this up to the detector's threshold (0.6) are looked at again,
+#: zoomed: a 16-px face's score swings with its place on the network's grid and with what is
+#: around it, the zoomed look settles it (see DefaultPipeline._finish_full)
+PROPOSE_SCORE = 0.2
+#: detector pixels a candidate's box spans in its zoomed look
+ZOOM_FACE_PIXELS = 24
+#: the previous search (overlapping square tiles of ``min_face_size * 192 / 16`` px), kept only
+#: for the benchmark's comparison (``DefaultPipeline._small_faces = "tiles"``)
 TILE_FACE_PIXELS = 16
 #: The networks that run in bf16 when a Predictor asks for ``precision="bf16"``: those whose bf16
 #: outputs pass the accuracy gates on every shared photo (python_tests/test_bf16_gates.py: same labels,
@@ -71,7 +82,8 @@ def _new_faces(found: detect.FaceDetections, more: detect.FaceDetections) -> np.
 
 def _tiles(h: int, w: int, side: Optional[int]) -> List[tuple]:
     """Overlapping square tiles (x0, y0, x1, y1) covering an h x w image, or [] when the image is
-    small enough for faces of the wanted size to be found in the whole-image pass."""
+    small enough for faces of the wanted size to be found in the whole-image pass. The previous
+    small-face search, kept for the benchmark's comparison only."""
     if not side or max(h, w) <= side * 1.2:
         return []
     stride = side * 3 // 4  # 25 % overlap: a face at a tile border is whole in the next tile
@@ -184,9 +196,20 @@ class DefaultPipeline:
         self.head_device = head_device
         if min_face_size is not None and min_face_size <= 0:
             raise ValueError(f"min_face_size must be a positive number of pixels or None, got {min_face_size}")
-        # a face of min_face_size pixels must span TILE_FACE_PIXELS of the detector's input
+        # Images larger than 1.2 x this side get the small-face search (as the tiles of this side did):
+        # at 192 / side a face of min_face_size pixels spans TILE_FACE_PIXELS of the detector's input.
         self._tile_side = (None if min_face_size is None else
                            int(min_face_size * detect.FULL_RANGE.input_size / TILE_FACE_PIXELS))
+        #: scale of the small-face scan (image -> detector input)
+        self._scan_scale = None if min_face_size is None else SCAN_FACE_PIXELS / float(min_face_size)
+        #: "scan" (one run over the whole image, then zoomed looks at uncertain faces) or "tiles"
+        #: (the previous search, for the benchmark's comparison)
+        self._small_faces = "scan"
+        full = "face_detector_full.onnx"
+        #: the scan's run has the cores to itself for most of its time: a session with threads
+        self.det_scan = (load(asset_path(full), backend=backend, device=device, name=full,
+                              threads=self.threads_per_run, parallel_runs=1, precision=self.precisions[full])
+                         if self.workers.parallel else self.det_full)
         self._anchors_full = detect.FULL_RANGE.anchors()
         self._anchors_short = detect.SHORT_RANGE.anchors()
 
@@ -202,10 +225,65 @@ class DefaultPipeline:
             return np.stack([lmk.letterbox_mediapipe(v, size, threads=t)[0] for v in views])
         return prep
 
+    def _needs_scan(self, hw) -> bool:
+        """Whether an image this size gets the small-face search (its faces of min_face_size would
+        span too few pixels of the whole-image 192x192 input)."""
+        return bool(self._tile_side) and max(hw[0], hw[1]) > self._tile_side * 1.2
+
     def _start_full(self, images):
-        """Start the full-range pass: whole images plus tiles of large ones, all in flight."""
+        """Start the full-range pass: whole images, then one scan of each large image at the scale
+        where its smallest wanted faces span SCAN_FACE_PIXELS, all in flight."""
+        if self._small_faces == "tiles":
+            return self._start_tiles(images)
         # Detector inputs made exactly as MediaPipe makes them (corner-aligned warp): the
         # blendshapes are sensitive to sub-pixel shifts of the landmark ROI that follows.
+        size = detect.FULL_RANGE.input_size
+        lbf = [Letterbox.fit(im.shape[:2], size) for im in images]
+        whole = self.workers.start(self.det_full, list(images), self._letterboxer(size))
+        scans = []
+        for i, im in enumerate(images):
+            if self._needs_scan(im.shape[:2]):
+                view = detect.ScaledView(im.shape[:2], detect.scan_shape(im.shape[:2], self._scan_scale),
+                                         self._scan_scale)
+                scans.append((i, view, self.workers.start(self.det_scan, [i], self._scanner(images, view))))
+        return whole, ("scan", lbf, scans, images)
+
+    def _scanner(self, images, view: detect.ScaledView):
+        """prep for the scan: the image at ``view.scale`` in a ``view.tensor_hw`` input, black beyond
+        its right and bottom edges, sampled as the 192x192 letterbox is (square warps of the shorter
+        side, side by side along the longer one)."""
+        t = self._threads()
+        lut = lmk._unit_lut(detect.FULL_RANGE.input_range)
+
+        def prep(items):
+            (i,) = items
+            h, w = view.tensor_hw
+            s, side = view.scale, min(h, w)
+            out = np.empty((1, h, w, 3), np.float32)
+            for off in range(0, max(h, w), side):
+                wide = w >= h
+                m = np.array([[[s, 0.0, -off if wide else 0.0], [0.0, s, 0.0 if wide else -off]]])
+                block = lmk.warp_crops(images[i], m, side, border="zero", threads=t, _lut=lut)[0]
+                if wide:
+                    out[0, :, off:off + side] = block[:, :w - off]
+                else:
+                    out[0, off:off + side] = block[:h - off]
+            return out
+        return prep
+
+    def _zoomer(self, images):
+        """prep for zoomed looks: items are (image index, image -> 192x192 affine), black border."""
+        t = self._threads()
+        lut = lmk._unit_lut(detect.FULL_RANGE.input_range)
+        size = detect.FULL_RANGE.input_size
+
+        def prep(items):
+            return np.concatenate([lmk.warp_crops(images[i], m, size, border="zero", threads=t, _lut=lut)
+                                   for i, m in items])
+        return prep
+
+    def _start_tiles(self, images):
+        """The previous search: whole images plus overlapping tiles of large ones (benchmarks only)."""
         views, owners, offsets = [], [], []
         for i, im in enumerate(images):
             for x0, y0, x1, y1 in [(0, 0, im.shape[1], im.shape[0])] + _tiles(im.shape[0], im.shape[1],
@@ -215,7 +293,7 @@ class DefaultPipeline:
                 offsets.append((x0, y0))
         size = detect.FULL_RANGE.input_size
         lbf = [Letterbox.fit(v.shape[:2], size) for v in views]
-        return self.workers.start(self.det_full, views, self._letterboxer(size)), (lbf, owners, offsets)
+        return self.workers.start(self.det_full, views, self._letterboxer(size)), ("tiles", lbf, owners, offsets)
 
     @staticmethod
     def _decode(pending, spec, letterboxes, **kw) -> List[detect.FaceDetections]:
@@ -227,7 +305,55 @@ class DefaultPipeline:
         return out
 
     def _finish_full(self, pending, views, n_images: int) -> List[detect.FaceDetections]:
-        lbf, owners, offsets = views
+        if views[0] == "tiles":
+            return self._finish_tiles(pending, views, n_images)
+        _, lbf, scans, images = views
+        spec = detect.FULL_RANGE
+        whole = self._decode(pending, spec, lbf, anchors=self._anchors_full)
+        extra: List[List[detect.FaceDetections]] = [[] for _ in range(n_images)]
+        zoom_items, zoom_views, zoom_owner = [], [], []
+        for i, view, p in scans:
+            out = p.result()
+            raw = (out["raw_boxes"], out["raw_scores"], spec, [view])
+            sure = detect.postprocess(*raw, input_hw=view.tensor_hw)[0]
+            maybe = detect.postprocess(*raw, input_hw=view.tensor_hw, min_score=PROPOSE_SCORE)[0]
+            extra[i].append(sure)
+            # Candidates the scan is unsure of get a second, zoomed look (a 192x192 view centred on
+            # the box, the box spanning ZOOM_FACE_PIXELS); what that look finds above the detector's
+            # threshold counts. A 16-px face's scan score swings between looks (measured on 40-px
+            # faces pasted into 1920x1080 frames: one look at threshold 0.6 found 32 % of them, the
+            # overlapping tiles 62 %, the scan with zoomed looks 71 %); a 24-px look is steadier.
+            for box in maybe.boxes[_new_faces(sure, maybe)]:
+                side = float(max(box[2] - box[0], box[3] - box[1])) * spec.input_size / ZOOM_FACE_PIXELS
+                centre = (box[:2] + box[2:]) / 2.0
+                rois = lmk.Rois(centre[None].astype(np.float64), np.array([[side, side]]), np.zeros(1))
+                m, _ = lmk.roi_affine(rois, spec.input_size)
+                k = spec.input_size / side
+                zoom_items.append((i, m[0]))
+                zoom_views.append(detect.ScaledView(view.image_hw, (spec.input_size,) * 2, k,
+                                                    spec.input_size / 2.0 - centre[0] * k,
+                                                    spec.input_size / 2.0 - centre[1] * k))
+                zoom_owner.append(i)
+        if zoom_items:
+            pz = self.workers.start(self.det_full, zoom_items, self._zoomer(images))
+            for i, d in zip(zoom_owner, self._decode(pz, spec, zoom_views, anchors=self._anchors_full)):
+                extra[i].append(d)
+        full = []
+        for i in range(n_images):
+            if not extra[i]:
+                full.append(whole[i])
+                continue
+            parts = [whole[i]] + extra[i]
+            # the same face seen whole, in the scan and zoomed: blend them
+            fb, fs, fk, _ = detect.weighted_nms(np.concatenate([d.boxes for d in parts]).astype(np.float32),
+                                                np.concatenate([d.scores for d in parts]),
+                                                spec.min_suppression_threshold,
+                                                np.concatenate([d.keypoints for d in parts]))
+            full.append(detect.FaceDetections(fb, fs, fk))
+        return full
+
+    def _finish_tiles(self, pending, views, n_images: int) -> List[detect.FaceDetections]:
+        _, lbf, owners, offsets = views
         per_view = self._decode(pending, detect.FULL_RANGE, lbf, anchors=self._anchors_full)
         full = []
         for i in range(n_images):
