@@ -135,7 +135,8 @@ class DefaultPipeline:
     :class:`FaceResult` per image, largest face first.
 
     Faces come from two detectors run at the same time: the full-range detector on the whole
-    image and, for large images, on overlapping tiles (small and distant faces), plus MediaPipe's
+    image and, for large images, once more over the whole image at a larger scale (small and
+    distant faces; see _finish_full), plus MediaPipe's
     short-range detector with the FaceLandmarker task's thresholds (close-ups and whole-frame
     faces). On the CPU every face (and every detector view) is its own single-threaded run,
     spread over the cores together with its crop (:class:`ig3d.engines.Workers`), except that a
@@ -322,7 +323,7 @@ class DefaultPipeline:
             # the box, the box spanning ZOOM_FACE_PIXELS); what that look finds above the detector's
             # threshold counts. A 16-px face's scan score swings between looks (measured on 40-px
             # faces pasted into 1920x1080 frames: one look at threshold 0.6 found 32 % of them, the
-            # overlapping tiles 62 %, the scan with zoomed looks 71 %); a 24-px look is steadier.
+            # overlapping tiles 62 %, the scan with zoomed looks 88 %); a 24-px look is steadier.
             for box in maybe.boxes[_new_faces(sure, maybe)]:
                 side = float(max(box[2] - box[0], box[3] - box[1])) * spec.input_size / ZOOM_FACE_PIXELS
                 centre = (box[:2] + box[2:]) / 2.0
@@ -409,7 +410,7 @@ class DefaultPipeline:
         """Per image: the full-range detections (small and distant faces), plus the short-range
         ones that overlap none of them (close-ups and whole-frame faces, which the full-range model
         misses), and a mask over them that is True for the faces only the full-range detector
-        (whole image or tiles) found. Both detectors run at once; the short-range runs (the
+        (whole image or small-face scan) found. Both detectors run at once; the short-range runs (the
         cheaper ones) go first, and each run is decoded while the later ones are still going."""
         pending_short, lbs = self._start_short(images)
         pending_full, views = self._start_full(images)
