@@ -101,7 +101,7 @@ class FusedOutput(NamedTuple):
     def to_numpy(self) -> "FusedOutput":
         """The same output with every array on the host: device arrays (from a call on device
         inputs, see :class:`ig3d.device.DeviceArray`) are copied, numpy arrays returned as they are."""
-        return FusedOutput(*(None if a is None or isinstance(a, np.ndarray) else a.numpy() for a in self))
+        return FusedOutput(*(a if a is None or isinstance(a, np.ndarray) else a.numpy() for a in self))
 
 
 _new_output = tuple.__new__

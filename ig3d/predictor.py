@@ -75,6 +75,9 @@ class Predictor:
         from . import kernels
 
         head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
+        if device == "cuda" and head_device != "cuda":  # asked for: an error, never a quiet CPU head
+            raise RuntimeError("device='cuda': ig3d's fused head cannot run on CUDA here "
+                               f"({kernels.info()['cuda_status']})")
         faces = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
                                         head=head if preset == "default" else None, head_device=head_device,
                                         min_face_size=min_face_size, precision=precision,
