@@ -6,8 +6,9 @@ scikit-build-core. It builds nothing: install ig3d first, from the checkout,
     pip install --no-build-isolation .        # nvcc on PATH: the CUDA launcher is compiled in
     python benchmarks/gpu_check.py [--out gpu_check.json] [--quick]
 
-What it does (about 3-5 minutes on one GPU; every part has its own time limit and its own
-try/except, and a failure is recorded in the JSON, not raised):
+What it does (written to finish well within 8 minutes on one GPU, not yet timed on one: the tests
+have their own time limit, and every part its own try/except, so a failure is recorded in the
+JSON, not raised):
 
 1. ``pytest -m cuda python_tests/test_device_arrays.py``: the fused head on device arrays against
    the CPU path on every case of test_fused_head.py, torch CUDA tensors in and out, every input
