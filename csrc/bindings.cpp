@@ -270,13 +270,15 @@ std::unique_ptr<DeviceBuffer> warp_affine_device(uintptr_t image, int64_t h, int
                                                  const py::handle& minv_obj, int64_t out_size, bool zero_border,
                                                  const py::handle& lut_obj, int device, uintptr_t stream) {
   if (!image) throw py::value_error("image: null device pointer");
-  if (h < 1 || w < 1) throw py::value_error("image: empty, shape [" + std::to_string(h) + ", " + std::to_string(w) + ", 3]");
+  if (h < 1 || w < 1)
+    throw py::value_error("image: empty, shape [" + std::to_string(h) + ", " + std::to_string(w) + ", 3]");
   if (row_stride < 3 * w) throw py::value_error("image: row stride " + std::to_string(row_stride) +
                                                 " bytes is less than 3 * width (" + std::to_string(3 * w) + ")");
   using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
   F64 minv = F64::ensure(minv_obj);
   if (!minv || minv.ndim() != 3 || minv.shape(1) != 2 || minv.shape(2) != 3)
-    throw py::value_error("minv: expected shape [N, 2, 3], got " + (minv ? shape_str(minv) : std::string("a non-array")));
+    throw py::value_error("minv: expected shape [N, 2, 3], got " +
+                          (minv ? shape_str(minv) : std::string("a non-array")));
   for (py::ssize_t k = 0; k < minv.size(); ++k)
     if (!std::isfinite(minv.data()[k])) throw py::value_error("minv: must be finite");
   if (out_size < 1 || out_size > 8192)

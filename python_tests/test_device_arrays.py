@@ -10,6 +10,7 @@ and the GPU crops against the CPU crops byte for byte.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import weakref
 
@@ -261,6 +262,73 @@ def test_cpu_path_unchanged_for_numpy_and_float64():
     assert isinstance(a.probs, np.ndarray)
 
 
+class HostAsDevice:
+    """A stand-in for the CUDA parts of ig3d._core that keeps "device" memory on the host: the
+    Python device path (reading, checks, offsets, DeviceArray, to_numpy) runs end to end on a
+    machine without a GPU, with the CPU kernel doing the arithmetic."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cuda_require_device(self, device):
+        assert device == 0
+
+    def cuda_pointer_device(self, ptr):
+        return 0
+
+    def cuda_stream_wait(self, device, waiter, waitee):
+        self.calls.append(("wait", waiter, waitee))
+
+    def copy_to_host(self, src, out, device, stream):
+        ctypes.memmove(out.ctypes.data, src, out.nbytes)
+
+
+def host_view(ptr, shape):
+    n = int(np.prod(shape))
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(shape)
+
+
+def test_device_path_end_to_end_with_an_emulated_gpu(monkeypatch):
+    fake = HostAsDevice(CORE)
+    monkeypatch.setattr(ig3d.kernels, "_core_module", fake)
+    case = next(c for c in CASES if c.id == "mid-relu-weighted-B7")
+    head, p, s, f = case.build()
+    ref = head(p, s, f)
+    calls = []
+
+    def forward_device(params3d, scores2d, features2d, batch, device, stream):
+        calls.append((batch, device, stream))
+        inputs = [host_view(params3d, (batch, head.input_dim)), host_view(scores2d, (batch, head.scores2d_dim)),
+                  host_view(features2d, (batch, head.features2d_dim))]
+        outs = head._core.forward(*inputs)
+        blob = np.concatenate([o.ravel() for o in outs if o is not None])
+        offsets, at = [], 0
+        for o in outs:
+            offsets.append(-1 if o is None else at * 4)
+            at += 0 if o is None else o.size
+        return type("Buf", (), {"ptr": blob.ctypes.data, "blob": blob})(), tuple(offsets)
+
+    class Arr:  # a producer that only speaks __cuda_array_interface__ v3, on stream 5
+        def __init__(self, a):
+            self.a = a
+            self.__cuda_array_interface__ = {"shape": a.shape, "typestr": "<f4", "data": (a.ctypes.data, True),
+                                             "strides": None, "version": 3, "stream": 5}
+
+    head._core = type("C", (), {"forward_device": staticmethod(forward_device), "forward": head._core.forward})()
+    out = head(Arr(p), Arr(s), Arr(f))
+    assert calls == [(7, 0, 5)]  # the producer's stream was taken as the stream to run on
+    assert all(isinstance(a, dm.DeviceArray) and a.stream == 5 for a in out if a is not None)
+    host = out.to_numpy()
+    for name in ("probs", "logits", "va", "out3d"):
+        np.testing.assert_array_equal(getattr(host, name), getattr(ref, name))
+    out = head(Arr(p), Arr(s), Arr(f), stream=9)  # an explicit stream: it waits for the producer's
+    assert calls[-1] == (7, 0, 9) and ("wait", 9, 5) in fake.calls
+    np.testing.assert_array_equal(np.asarray(out.probs), ref.probs)
+
+
 # --- the crop kernel's shared header on the CPU, and the GPU entry's checks -----------------------
 
 def test_shared_warp_header_equals_numpy_reference():
@@ -382,7 +450,7 @@ def test_cuda_every_input_protocol_and_streams():
 @pytest.mark.skipif(not HAS_CUDA, reason=f"no CUDA device for ig3d: {REASON}")
 def test_cuda_workspace_grows_and_is_reused():
     torch = _torch_cuda()
-    head, _, _, _ = CASES[0].build()
+    head, _, _, _ = next(c for c in CASES if c.id == "late-leaky_relu-weighted-B7").build()
     rng = np.random.default_rng(9)
     for B in (1, 1024, 7, 1024, 0, 3):
         p = rng.normal(size=(B, head.input_dim)).astype(np.float32)
@@ -406,7 +474,7 @@ def test_cuda_tensor_checks():
 @pytest.mark.skipif(not HAS_CUDA, reason=f"no CUDA device for ig3d: {REASON}")
 def test_cuda_cupy_arrays():
     cp = pytest.importorskip("cupy")
-    case = CASES[5]
+    case = next(c for c in CASES if c.id == "late-tanh-max-B7")
     head, p, s, f = case.build()
     out = head(cp.asarray(p), None if s is None else cp.asarray(s))
     _assert_close(out, head(p, s), case.tol)
