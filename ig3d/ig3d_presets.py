@@ -47,9 +47,10 @@ _CROP = {  # encoder -> (affine builder, input size, ImageNet normalisation)
 }
 _SCORES = {"ddamfn": "logits", "cage": "outputs"}
 #: The encoders that run in bf16 when a Predictor asks for ``precision="bf16"``: those whose bf16
-#: outputs pass the accuracy gates on the shared photos' crops (python_tests/test_bf16_gates.py);
-#: the others stay fp32.
-BF16_GATED = frozenset({"smirk", "emoca", "ddamfn", "cage"})
+#: outputs pass the accuracy gates on the shared photos' crops; the others stay fp32. None yet: the
+#: gates have only been run with random weights (SMIRK's params_full moved 4.4e-2 of its scale there),
+#: which say nothing about trained ones. ``precision={"emoca": "bf16"}`` opts one in explicitly.
+BF16_GATED: frozenset = frozenset()
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -99,17 +99,17 @@ class OpenVinoModel(Model):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            if isinstance(model, bytes):
-                src = core.read_model(model)
-            else:
-                src = os.fspath(model)  # from the path: a cached compiled model skips reading the file
+            # read, then compile the model object: the cache key is then the model's content (a file
+            # rewritten in place is compiled again), and the names are the ONNX file's (a compiled
+            # model's outputs may carry internal tensor names too)
+            src = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
             self.compiled = core.compile_model(src, "CPU", config)
         except Exception as e:
             raise ValueError(f"{self.name}: OpenVINO could not load the model: {e}") from e
         self.backend, self.device, self.precision = "openvino", "cpu", precision
         self.threads, self.parallel_runs = threads, max(1, int(parallel_runs))
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.input_names = [i.get_any_name() for i in src.inputs]
+        self.output_names = [o.get_any_name() for o in src.outputs]
         self._local = threading.local()
 
     def _request(self):
@@ -125,7 +125,8 @@ class OpenVinoModel(Model):
         if unknown:
             raise ValueError(f"{self.name}: unknown input(s) {sorted(unknown)}; the model's inputs are "
                              f"{self.input_names}")
-        out = self._request().infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        index = {n: i for i, n in enumerate(self.input_names)}
+        out = self._request().infer({index[k]: np.ascontiguousarray(v) for k, v in inputs.items()})
         # infer() copies the outputs (share_outputs=False), so the request can run again
         return {name: out[k] for name, k in zip(self.output_names, self.compiled.outputs)}
 
