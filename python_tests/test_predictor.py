@@ -294,15 +294,17 @@ def test_predictor_settings():
         ig3d.Predictor(preset="nope")
     with pytest.raises(ValueError, match="backend: expected one of"):
         ig3d.Predictor(backend="nope")
-    if "onnxruntime-cuda" not in ig3d.available_backends():
-        with pytest.raises(RuntimeError, match="device='cuda' was requested"):
+    have = {e["name"]: e for e in ig3d.available_backends()}
+    if not have["onnxruntime-cuda"]["available"]:
+        with pytest.raises(RuntimeError, match="device='cuda' was requested") as err:
             ig3d.Predictor(device="cuda")
-    if "tensorrt-cuda" not in ig3d.available_backends():
-        with pytest.raises(RuntimeError, match="backend='tensorrt' needs"):
+        assert have["onnxruntime-cuda"]["reason"] in str(err.value)
+    if not have["tensorrt"]["available"]:
+        with pytest.raises(RuntimeError, match="backend='tensorrt' is not available here") as err:
             ig3d.Predictor(backend="tensorrt")
+        assert have["tensorrt"]["reason"] in str(err.value)
     p = ig3d.Predictor(device="cpu")  # auto: the fastest exact CPU runtime installed
-    assert (p.backend, p.device) == ("openvino" if "openvino-cpu" in ig3d.available_backends() else "onnxruntime",
-                                     "cpu")
+    assert (p.backend, p.device) == ("openvino" if have["openvino"]["available"] else "onnxruntime", "cpu")
 
 
 def test_trained_head_replaces_the_prior(tmp_path, faces):

@@ -1,11 +1,11 @@
 """Running the ONNX networks: one interface (:mod:`ig3d.engines.base`) with a module per runtime -
 ONNX Runtime on the CPU or CUDA (:mod:`~ig3d.engines.onnxruntime`, the reference), OpenVINO on the CPU
-(:mod:`~ig3d.engines.openvino`, ``pip install "ig3d[openvino]"``), TensorRT engines (for now through
-ONNX Runtime's TensorRT execution provider). The pipelines, :class:`Workers` and :class:`PerCoreModel`
+(:mod:`~ig3d.engines.openvino`, ``pip install "ig3d[openvino]"``), native TensorRT engines on CUDA
+(:mod:`~ig3d.engines.tensorrt`, ``pip install "ig3d[tensorrt]"``). The pipelines, :class:`Workers` and :class:`PerCoreModel`
 are written against the interface and never compare backend names.
 
 Capability discovery instead of guessing, and no silent fallback: asking for a device, runtime or
-precision that is not there raises one clear error.
+precision that is not there raises one clear error, with the reason :func:`available_backends` gives.
 
 Adding a runtime: see :mod:`ig3d.engines.base` (a module with a ``Runtime`` subclass, and one line in
 :data:`RUNTIME_MODULES`).
@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,7 +39,7 @@ __all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers"
 RUNTIME_MODULES: Dict[str, str] = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",
-    "tensorrt": "onnxruntime:TENSORRT_RUNTIME",
+    "tensorrt": "tensorrt",
 }
 BACKENDS = ("auto",) + tuple(RUNTIME_MODULES)
 DEVICES = ("auto", "cpu", "cuda")
@@ -65,9 +65,28 @@ def runtimes() -> List[Runtime]:
     return [get_runtime(b) for b in RUNTIME_MODULES]
 
 
-def available_backends() -> List[str]:
-    """What this machine can run, as "<backend>-<device>" strings, e.g. ["onnxruntime-cpu", "openvino-cpu"]."""
-    return [f"{rt.name}-{d}" for rt in runtimes() for d in sorted(rt.devices(), key=("cpu", "cuda").index)]
+def available_backends() -> List[Dict[str, Any]]:
+    """Every backend ig3d knows, available here or not, one dict each: the CPU ones, then the CUDA ones
+    (``onnxruntime-cpu``, ``openvino``, ``onnxruntime-cuda``, ``tensorrt``; a plugged-in runtime in
+    its group).
+
+    Each has ``name``, ``available`` (bool), ``version`` (the installed package's, None when absent),
+    ``reason`` (None when available, else why not: "tensorrt is not installed (...)", "no CUDA device:
+    cudaErrorInsufficientDriver: ...", "onnxruntime has no CUDAExecutionProvider (install
+    onnxruntime-gpu)"), and ``backend`` / ``device``: the ``Predictor(backend=..., device=...)``
+    values that select it. Asking for one that is not available raises ``RuntimeError`` with its
+    reason."""
+    entries = [dict(e) for rt in runtimes() for e in rt.backends()]
+    return sorted(entries, key=lambda e: e["device"] == "cuda")  # the CPU backends first
+
+
+def _entry(backend: str, device: str, entries: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    return next((e for e in entries if e["backend"] == backend and e["device"] in (device, None)), None)
+
+
+def _summary(entries: Sequence[Dict[str, Any]]) -> str:
+    have = [e["name"] for e in entries if e["available"]]
+    return f"available here: {', '.join(have) or 'none'}"
 
 
 def precisions(backend: str, device: str = "cpu") -> Sequence[str]:
@@ -133,10 +152,11 @@ def resolve(backend: str = "auto", device: str = "auto", precision: str = "fp32"
         raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    have = available_backends()
+    entries = available_backends()
     if backend == "auto":
         if device == "auto":
-            device = "cuda" if "onnxruntime-cuda" in have and precision == "fp32" else "cpu"
+            cuda = _entry("onnxruntime", "cuda", entries)
+            device = "cuda" if cuda and cuda["available"] and precision == "fp32" else "cpu"
         if device == "cuda":
             backend = "onnxruntime"
         else:
@@ -146,16 +166,20 @@ def resolve(backend: str = "auto", device: str = "auto", precision: str = "fp32"
                 _no_precision(precision, device)
             backend = max(usable, key=lambda rt: rt.auto_rank).name
     rt = get_runtime(backend)
-    devs = rt.devices()
-    if not devs:
-        raise RuntimeError(f"backend={backend!r} needs {rt.install_hint}; available here: {have}")
+    own = [e for e in entries if e["backend"] == backend]
+    devs = [e["device"] for e in own if e["available"]]
     if device == "auto":
+        if not devs:
+            why = "; ".join(f"{e['name']}: {e['reason']}" for e in own) or f"it needs {rt.install_hint}"
+            raise RuntimeError(f"backend={backend!r} is not available here ({why}); {_summary(entries)}")
         device = devs[0]
     if device not in devs:
-        if backend == "onnxruntime" and device == "cuda":
-            raise RuntimeError("device='cuda' was requested but ONNX Runtime has no CUDA execution provider here "
-                               f"(pip install onnxruntime-gpu, and a CUDA GPU); available: {have}")
-        raise ValueError(f"backend={backend!r} runs on {devs}, not device={device!r}; available here: {have}")
+        e = _entry(backend, device, own)
+        if e is None:
+            known = sorted({x["device"] for x in own if x["device"]}) or ["?"]
+            raise ValueError(f"backend={backend!r} runs on {known}, not device={device!r}; {_summary(entries)}")
+        what = f"device={device!r} was requested" if backend == "onnxruntime" else f"backend={backend!r} was requested"
+        raise RuntimeError(f"{what} but {e['name']} is not available: {e['reason']}; {_summary(entries)}")
     if precision not in rt.precisions(device):
         _no_precision(precision, device, backend)
     return backend, device

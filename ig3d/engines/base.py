@@ -18,7 +18,7 @@ safe to call from several threads at once (the CPU workers do).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -88,6 +88,27 @@ class Runtime:
         """The precisions it can run in on ``device`` here (always "fp32"; "bf16" only where the
         hardware computes in bf16 natively)."""
         return ("fp32",)
+
+    def version(self) -> Optional[str]:
+        """The installed version of its package (the distribution named ``name``), None when absent."""
+        from importlib import metadata
+
+        try:
+            return metadata.version(self.name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def backends(self) -> List[Dict[str, Any]]:
+        """What it offers here, as :func:`ig3d.available_backends` lists it: one dict per backend a user
+        can ask for, with ``name``, ``available``, ``version``, ``reason`` (why it is not available;
+        None when it is), ``backend`` (the ``backend=`` value) and ``device``. Default: one entry named
+        after the runtime, on its first device. A runtime with several devices lists one per device."""
+        devs = self.devices()
+        why = self.missing()
+        if why is None and not devs:
+            why = f"{self.name} has no device it can run on here"
+        return [{"name": self.name, "available": why is None, "version": self.version(), "reason": why,
+                 "backend": self.name, "device": devs[0] if devs else None}]
 
     def load(self, model: ModelSource, *, device: str = "cpu", threads: Optional[int] = None,
              parallel_runs: int = 1, precision: str = "fp32", name: str = "", spin: bool = False) -> Model:

@@ -1,6 +1,9 @@
-"""ONNX Runtime as an ig3d runtime: the CPU and CUDA execution providers (``backend="onnxruntime"``)
-and, until a native TensorRT runtime replaces it, TensorRT engines through ONNX Runtime's TensorRT
-execution provider (``backend="tensorrt"``, engines cached under ``$IG3D_HOME/engines``).
+"""ONNX Runtime as an ig3d runtime: the CPU and CUDA execution providers (``backend="onnxruntime"``).
+TensorRT engines are ig3d's own runtime (:mod:`ig3d.engines.tensorrt`), not ONNX Runtime's TensorRT
+execution provider: one cache, keyed and checked by ig3d, and outputs on device buffers.
+
+The CUDA provider counts as available only when onnxruntime has it *and* a CUDA device is usable:
+without a device, ONNX Runtime would quietly run on the CPU, and ig3d never falls back silently.
 
 ONNX Runtime is ig3d's reference runtime: every other runtime's float32 outputs are tested against
 it. onnxruntime is imported on first use, never at ``import ig3d``.
@@ -9,13 +12,13 @@ it. onnxruntime is imported on first use, never at ``import ig3d``.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from .base import Model, ModelSource, Runtime, model_name
 
-__all__ = ["OnnxModel", "OnnxRuntime", "OrtTensorrtRuntime", "RUNTIME", "TENSORRT_RUNTIME"]
+__all__ = ["OnnxModel", "OnnxRuntime", "RUNTIME"]
 
 
 def _ort():
@@ -46,8 +49,6 @@ class OnnxModel(Model):
             raise ValueError(f"precision={precision!r}: ONNX Runtime runs ig3d's networks in fp32 only; "
                              "bf16 needs backend='openvino' (pip install \"ig3d[openvino]\")")
         ort = _ort()
-        from . import cache_root
-
         self.name = model_name(model, name)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,16 +63,7 @@ class OnnxModel(Model):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if spin:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
-        if backend == "tensorrt":
-            cache = cache_root() / "engines" / f"ort-{ort.__version__}"
-            cache.mkdir(parents=True, exist_ok=True)
-            providers: Sequence = [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
-                                                                   "trt_engine_cache_path": str(cache)}),
-                                   "CUDAExecutionProvider"]
-        elif device == "cuda":
-            providers = ["CUDAExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         src = model if isinstance(model, bytes) else os.fspath(model)
         try:
             self.session = ort.InferenceSession(src, sess_options=opts, providers=list(providers))
@@ -106,9 +98,26 @@ class OnnxRuntime(Runtime):
             return str(e)
         return None
 
-    def devices(self) -> List[str]:
+    def version(self) -> Optional[str]:
+        try:
+            return str(_ort().__version__)
+        except ImportError:  # pragma: no cover - onnxruntime is a dependency
+            return None
+
+    def backends(self) -> List[Dict[str, Any]]:
+        """``onnxruntime-cpu`` and ``onnxruntime-cuda``, each with why it is not available."""
+        from ._cuda import cuda_problem
+
+        version, why = self.version(), self.missing()
         have = _providers()
-        return [d for d, p in (("cuda", "CUDAExecutionProvider"), ("cpu", "CPUExecutionProvider")) if p in have]
+        cpu = why or (None if "CPUExecutionProvider" in have else "onnxruntime has no CPUExecutionProvider")
+        cuda = why or (None if "CUDAExecutionProvider" in have else
+                       "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)") or cuda_problem()
+        return [{"name": f"onnxruntime-{d}", "available": r is None, "version": version, "reason": r,
+                 "backend": self.name, "device": d} for d, r in (("cpu", cpu), ("cuda", cuda))]
+
+    def devices(self) -> List[str]:
+        return [e["device"] for e in sorted(self.backends(), key=lambda e: e["device"] != "cuda") if e["available"]]
 
     def load(self, model: ModelSource, *, device: str = "cpu", threads: Optional[int] = None,
              parallel_runs: int = 1, precision: str = "fp32", name: str = "", spin: bool = False) -> Model:
@@ -116,20 +125,4 @@ class OnnxRuntime(Runtime):
                          precision=precision)
 
 
-class OrtTensorrtRuntime(OnnxRuntime):
-    """TensorRT engines built and cached by ONNX Runtime's TensorRT execution provider (CUDA only)."""
-
-    name = "tensorrt"
-    exact_cpu = False
-    install_hint = "onnxruntime-gpu built with TensorRT, the tensorrt package and a CUDA GPU " \
-                   "(pip install onnxruntime-gpu tensorrt)"
-
-    def devices(self) -> List[str]:
-        return ["cuda"] if "TensorrtExecutionProvider" in _providers() else []
-
-    def missing(self) -> Optional[str]:
-        return None if self.devices() else f"backend='tensorrt' needs {self.install_hint}"
-
-
 RUNTIME = OnnxRuntime()
-TENSORRT_RUNTIME = OrtTensorrtRuntime()
