@@ -8,7 +8,8 @@
     ig3d predict VIDEO --overlay OUT.mp4   the annotated video
     ig3d predict --camera 0         live, until Ctrl-C
     ig3d convert KIND CKPT -o DIR   upstream checkpoint -> ig3d weights (.npz) + ONNX
-    ig3d info                       build and hardware facts
+    ig3d engines build|list|clear   prebuild and manage cached TensorRT engines
+    ig3d info                       build and hardware facts, and every backend with why it is (not) available
     ig3d --version
 
 It behaves like a Unix tool: results go to stdout, problems to stderr; a bad input is reported and
@@ -487,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .workflow_cli import add_parsers as add_workflow_parsers
 
     add_workflow_parsers(sub)
+
+    from .engines_cli import add_parser as add_engines_parser
+
+    add_engines_parser(sub)
 
     p_info = sub.add_parser("info", help="print build and hardware facts as JSON")
     p_info.set_defaults(func=_cmd_info)

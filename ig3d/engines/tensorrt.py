@@ -50,14 +50,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .base import Model, ModelSource, Runtime, model_name
 
-__all__ = ["TRT_PRECISIONS", "Profile", "EngineKey", "TensorRTModel", "TensorRTRuntime", "RUNTIME", "engine_dir",
-           "build_engine", "load_engine", "list_engines", "clear_engines", "tensorrt_problem"]
+__all__ = ["TRT_PRECISIONS", "Profile", "EngineKey", "Built", "TensorRTModel", "TensorRTRuntime", "RUNTIME",
+           "engine_dir", "build_engine", "load_engine", "list_engines", "clear_engines", "tensorrt_problem"]
 
 log = logging.getLogger("ig3d")
 
@@ -340,12 +340,21 @@ def _engine(model: ModelSource, *, precision: str, profile: Optional[Profile], d
         return engine, runtime, engine_path, True
 
 
+class Built(NamedTuple):
+    """What :func:`build_engine` did: the engine file, and whether it was built now (False: a valid
+    cached one was found)."""
+
+    path: Path
+    built: bool
+
+
 def build_engine(model: ModelSource, *, precision: str = "fp16", profile: Optional[Profile] = None, device: int = 0,
-                 cache_dir: Union[None, str, os.PathLike] = None, name: str = "", force: bool = False) -> Path:
+                 cache_dir: Union[None, str, os.PathLike] = None, name: str = "", force: bool = False) -> Built:
     """Build (or find valid in the cache) the engine of ``model`` for ``precision`` and ``profile``
-    on CUDA device ``device``; returns the engine file's path. ``force`` rebuilds even a valid one."""
-    return _engine(model, precision=precision, profile=profile, device=device, cache_dir=cache_dir, name=name,
-                   rebuild=force)[2]
+    on CUDA device ``device``. ``force`` rebuilds even a valid one."""
+    _, _, path, built = _engine(model, precision=precision, profile=profile, device=device, cache_dir=cache_dir,
+                                name=name, rebuild=force)
+    return Built(path, built)
 
 
 def load_engine(model: ModelSource, *, precision: str = "fp16", profile: Optional[Profile] = None, device: int = 0,

@@ -1,0 +1,619 @@
+"""The native TensorRT runtime (ig3d.engines.tensorrt) against a fake ``tensorrt`` module.
+
+TensorRT and a GPU are not needed: a small stand-in for TensorRT's Python API is put in
+``sys.modules``. It records every builder call (flags, optimisation profiles, what was parsed),
+"serialises" an engine as JSON that names what it was built from, and "executes" it on host memory
+(y = scale * x + offset), while a stand-in for the CUDA parts of ig3d's core keeps device buffers on
+the host. What is checked: the cache key and file names, reuse, invalidation (every key field,
+truncated, corrupt, mismatched and orphaned engines are rebuilt and never deserialised), atomic
+writes, the profile each input gets, precision flags, batches split over launches, input checks,
+device outputs, the registry and ``ig3d engines build|list|clear``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import ig3d
+from ig3d import engines
+from ig3d import device as dm
+from ig3d.engines import tensorrt as trt_rt
+
+
+# --- the fake TensorRT ------------------------------------------------------------------------------------------
+
+class _Enum:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+def make_fake_trt(version="10.9.0", fp16_flag=True):
+    """A module that answers the parts of TensorRT's Python API ig3d uses, recording each call."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = []
+    trt.deserialised = []  # every blob handed to deserialize_cuda_engine
+    trt.launches = []
+
+    class Logger:
+        WARNING = _Enum("WARNING")
+
+        def __init__(self, severity):
+            self.severity = severity
+
+    flags = {"TF32": _Enum("TF32")}
+    if fp16_flag:
+        flags["FP16"] = _Enum("FP16")
+    trt.BuilderFlag = types.SimpleNamespace(**flags)
+    trt.TensorIOMode = types.SimpleNamespace(INPUT=_Enum("INPUT"), OUTPUT=_Enum("OUTPUT"))
+    trt.DataType = types.SimpleNamespace(FLOAT=_Enum("FLOAT"))
+    trt.nptype = lambda dt: {"FLOAT": np.float32}[dt.name]
+
+    class Tensor:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, tuple(shape)
+
+    class Network:
+        def __init__(self):
+            self.inputs, self.outputs, self.spec = [], [], None
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, i):
+            return self.errors[i]
+
+        def parse(self, data):
+            trt.calls.append(("parse", hashlib.sha256(data).hexdigest()))
+            return self._read(data)
+
+        def parse_from_file(self, path):
+            with open(path, "rb") as f:
+                data = f.read()
+            trt.calls.append(("parse_from_file", os.path.basename(path), hashlib.sha256(data).hexdigest()))
+            return self._read(data)
+
+        def _read(self, data):
+            if data.startswith(b"{"):  # a test network: JSON with its inputs, outputs and arithmetic
+                spec = json.loads(data)
+            else:  # a real ONNX file: its inputs and outputs as ONNX Runtime reads them
+                import onnxruntime as ort
+
+                try:
+                    s = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+                except Exception as e:  # noqa: BLE001
+                    self.errors.append(f"In node -1: invalid model: {e}")
+                    return False
+                dims = lambda shape: [d if isinstance(d, int) else -1 for d in shape]  # noqa: E731
+                spec = {"inputs": [{"name": i.name, "shape": dims(i.shape)} for i in s.get_inputs()],
+                        "outputs": [{"name": o.name, "shape": dims(o.shape)} for o in s.get_outputs()]}
+            self.network.spec = spec
+            self.network.inputs = [Tensor(i["name"], i["shape"]) for i in spec["inputs"]]
+            return True
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, mid, hi):
+            self.shapes[name] = (tuple(lo), tuple(mid), tuple(hi))
+
+    class Config:
+        def __init__(self):
+            self.flags, self.cleared, self.profiles = set(), set(), []
+
+        def set_flag(self, flag):
+            self.flags.add(flag.name)
+
+        def clear_flag(self, flag):
+            self.cleared.add(flag.name)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            assert flags == 0  # explicit batch is TensorRT 10's default
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            (profile,) = config.profiles
+            trt.calls.append(("build", {"flags": sorted(config.flags), "cleared": sorted(config.cleared),
+                                        "profile": dict(profile.shapes)}))
+            blob = {"magic": "fake-engine", "spec": network.spec, "flags": sorted(config.flags),
+                    "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()}}
+            return json.dumps(blob).encode()
+
+    class Context:
+        def __init__(self, engine):
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name, shape):
+            lo, _, hi = self.engine.profile[name]
+            ok = len(shape) == len(lo) and all(a <= d <= b for a, d, b in zip(lo, shape, hi))
+            if ok:
+                self.shapes[name] = tuple(shape)
+            return ok
+
+        def get_tensor_shape(self, name):
+            spec = next(o for o in self.engine.spec["outputs"] if o["name"] == name)
+            batch = next(iter(self.shapes.values()))[0]
+            return tuple(batch if (i == 0 and d == -1) else d for i, d in enumerate(spec["shape"]))
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = int(ptr)
+
+        def execute_async_v3(self, stream):
+            spec = self.engine.spec
+            (inp,) = spec["inputs"]
+            shape = self.shapes[inp["name"]]
+            x = _host_view(self.addresses[inp["name"]], shape)
+            for o in spec["outputs"]:
+                y = _host_view(self.addresses[o["name"]], self.get_tensor_shape(o["name"]))
+                y[...] = x * o["scale"] + o["offset"]
+            trt.launches.append((shape[0], stream))
+            return True
+
+    class Engine:
+        def __init__(self, blob):
+            self.spec = blob["spec"]
+            self.profile = {k: tuple(tuple(s) for s in v) for k, v in blob["profile"].items()}
+            self.names = [i["name"] for i in self.spec["inputs"]] + [o["name"] for o in self.spec["outputs"]]
+
+        @property
+        def num_io_tensors(self):
+            return len(self.names)
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            inputs = {i["name"] for i in self.spec["inputs"]}
+            return trt.TensorIOMode.INPUT if name in inputs else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return trt.DataType.FLOAT
+
+        def get_tensor_profile_shape(self, name, index):
+            assert index == 0
+            return self.profile[name]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            trt.deserialised.append(bytes(blob))
+            try:
+                parsed = json.loads(bytes(blob))
+            except ValueError:
+                return None
+            return Engine(parsed) if isinstance(parsed, dict) and parsed.get("magic") == "fake-engine" else None
+
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, Parser, Runtime
+    return trt
+
+
+def _host_view(ptr, shape):
+    n = int(np.prod(shape))
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(shape)
+
+
+class HostCore:
+    """The CUDA parts of ig3d's core with "device" memory on the host (one device, index 0)."""
+
+    def __init__(self, real):
+        self.real, self.calls, self.buffers = real, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cuda_compiled(self):
+        return True
+
+    def cuda_device_count(self):
+        return 1, ""
+
+    def cuda_require_device(self, device):
+        assert device == 0
+
+    def cuda_pointer_device(self, ptr):
+        return 0
+
+    def cuda_stream_wait(self, device, waiter, waitee):
+        self.calls.append(("wait", waiter, waitee))
+
+    def DeviceBuffer(self, nbytes, device, stream):  # noqa: N802 - the core's class name
+        mem = np.zeros(max(int(nbytes), 1), np.uint8)
+        buf = types.SimpleNamespace(ptr=int(mem.ctypes.data), nbytes=int(nbytes), device=device, stream=stream,
+                                    mem=mem)
+        self.buffers.append(buf)
+        return buf
+
+    def copy_to_device(self, dst, src, device, stream):
+        self.calls.append(("h2d", src.nbytes, stream))
+        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
+
+    def copy_to_host(self, src, out, device, stream):
+        self.calls.append(("d2h", out.nbytes, stream))
+        ctypes.memmove(out.ctypes.data, src, out.nbytes)
+
+
+GPU = {"name": "NVIDIA Fake GPU", "cc": "8.7"}
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, tmp_path):
+    """The fake tensorrt in sys.modules, a fake GPU identity, the host-memory core, IG3D_HOME in tmp_path."""
+    trt = make_fake_trt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_rt, "_gpu_identity", lambda device: (GPU["name"], GPU["cc"]))
+    monkeypatch.setattr(ig3d.kernels, "_core_module", HostCore(ig3d.kernels.core()))
+    monkeypatch.setenv("IG3D_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(GPU, "name", "NVIDIA Fake GPU")
+    monkeypatch.setitem(GPU, "cc", "8.7")
+    return trt
+
+
+def net(tmp_path, scale=2.0, offset=1.0, width=3, name="net.onnx", extra_outputs=()):
+    """A test network file: y = scale * x + offset on [N, width] float32 (the fake parser reads JSON)."""
+    spec = {"inputs": [{"name": "x", "shape": [-1, width]}],
+            "outputs": [{"name": "y", "shape": [-1, width], "scale": scale, "offset": offset}, *extra_outputs]}
+    path = tmp_path / name
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def builds(trt):
+    return [c[1] for c in trt.calls if c[0] == "build"]
+
+
+def cache_files(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- building and the cache key -------------------------------------------------------------------------------
+
+def test_build_records_profile_precision_and_key(fake_trt, tmp_path):
+    path = net(tmp_path)
+    cache = tmp_path / "engines"
+    res = trt_rt.build_engine(path, cache_dir=cache)  # fp16 and the default profile
+    assert res.built and res.path.parent == cache
+    (b,) = builds(fake_trt)
+    assert b["flags"] == ["FP16"] and b["cleared"] == []
+    assert b["profile"] == {"x": ((1, 3), (16, 3), (256, 3))}  # batch 1-16-256, the width fixed
+    assert ("parse_from_file", "net.onnx", hashlib.sha256(path.read_bytes()).hexdigest()) in fake_trt.calls
+    meta = json.loads(res.path.with_suffix(".json").read_text())
+    want_key = {"onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "tensorrt": "10.9.0",
+                "gpu": "NVIDIA Fake GPU", "compute_capability": "8.7", "precision": "fp16",
+                "profile": {"batch": [1, 16, 256], "dim": [32, 256, 2048]}}
+    assert meta["key"] == want_key and meta["onnx"] == "net.onnx"
+    blob = res.path.read_bytes()
+    assert meta["engine_bytes"] == len(blob) and meta["engine_sha256"] == hashlib.sha256(blob).hexdigest()
+    # the file name: ONNX stem, precision, and the digest of the key's canonical JSON (independently computed)
+    canon = json.dumps({"format": 1, **want_key}, sort_keys=True, separators=(",", ":"))
+    assert res.path.name == f"net.fp16.{hashlib.sha256(canon.encode()).hexdigest()[:20]}.engine"
+    # fp32: TF32 off, no FP16
+    res32 = trt_rt.build_engine(path, precision="fp32", cache_dir=cache)
+    assert builds(fake_trt)[-1]["flags"] == [] and builds(fake_trt)[-1]["cleared"] == ["TF32"]
+    assert res32.path != res.path and ".fp32." in res32.path.name
+
+
+def test_default_cache_folder_is_under_ig3d_home(fake_trt, tmp_path):
+    res = trt_rt.build_engine(net(tmp_path))
+    assert res.path.parent == tmp_path / "home" / "engines"
+
+
+def test_a_valid_cached_engine_is_reused(fake_trt, tmp_path):
+    path, cache = net(tmp_path), tmp_path / "engines"
+    first = trt_rt.build_engine(path, cache_dir=cache)
+    again = trt_rt.build_engine(path, cache_dir=cache)
+    assert not again.built and again.path == first.path and len(builds(fake_trt)) == 1
+    trt_rt.load_engine(path, cache_dir=cache)
+    assert len(builds(fake_trt)) == 1 and fake_trt.deserialised[-1] == first.path.read_bytes()
+    forced = trt_rt.build_engine(path, cache_dir=cache, force=True)
+    assert forced.built and len(builds(fake_trt)) == 2
+
+
+@pytest.mark.parametrize("change", ["onnx", "tensorrt", "gpu", "compute_capability", "precision", "batch", "dim"])
+def test_every_key_field_selects_its_own_engine(fake_trt, tmp_path, monkeypatch, change):
+    path, cache = net(tmp_path), tmp_path / "engines"
+    base = trt_rt.build_engine(path, cache_dir=cache).path
+    kwargs = {}
+    if change == "onnx":
+        path = net(tmp_path, scale=3.0)  # same name, other bytes
+    elif change == "tensorrt":
+        fake_trt.__version__ = "10.10.0"
+    elif change == "gpu":
+        GPU["name"] = "NVIDIA Other GPU"
+    elif change == "compute_capability":
+        GPU["cc"] = "9.0"
+    elif change == "precision":
+        kwargs["precision"] = "fp32"
+    elif change == "batch":
+        kwargs["profile"] = trt_rt.Profile(1, 8, 64)
+    else:
+        kwargs["profile"] = trt_rt.Profile(dim=(64, 192, 1024))
+    other = trt_rt.build_engine(path, cache_dir=cache, **kwargs)
+    assert other.built and other.path != base and len(builds(fake_trt)) == 2
+    assert base.exists()  # the other key's engine is kept (e.g. two GPUs sharing a home folder)
+    assert not trt_rt.build_engine(path, cache_dir=cache, **kwargs).built
+
+
+def _corrupt(kind, engine_path):
+    meta_path = engine_path.with_suffix(".json")
+    blob = engine_path.read_bytes()
+    if kind == "truncated":
+        engine_path.write_bytes(blob[: len(blob) // 2])
+    elif kind == "flipped":
+        engine_path.write_bytes(blob[:10] + bytes([blob[10] ^ 1]) + blob[11:])
+    elif kind == "sidecar-other-gpu":  # e.g. a cache folder copied from another machine
+        meta = json.loads(meta_path.read_text())
+        meta["key"]["gpu"] = "NVIDIA Jetson Orin"
+        meta_path.write_text(json.dumps(meta))
+    elif kind == "sidecar-missing":  # a crash between the two writes
+        meta_path.unlink()
+    elif kind == "sidecar-garbage":
+        meta_path.write_text("{not json")
+    elif kind == "undeserialisable":  # size and hash recorded for bytes TensorRT rejects
+        bad = b"\x00" * 64
+        engine_path.write_bytes(bad)
+        meta = json.loads(meta_path.read_text())
+        meta.update(engine_bytes=len(bad), engine_sha256=hashlib.sha256(bad).hexdigest())
+        meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "sidecar-other-gpu", "sidecar-missing", "sidecar-garbage",
+                                  "undeserialisable"])
+def test_corrupt_or_mismatched_engines_are_rebuilt_never_run(fake_trt, tmp_path, caplog, kind):
+    path, cache = net(tmp_path), tmp_path / "engines"
+    good = trt_rt.build_engine(path, cache_dir=cache).path
+    good_bytes = good.read_bytes()
+    _corrupt(kind, good)
+    bad_bytes = good.read_bytes()
+    fake_trt.deserialised.clear()
+    with caplog.at_level(logging.WARNING, logger="ig3d"):
+        model = trt_rt.load_engine(path, cache_dir=cache)
+    assert len(builds(fake_trt)) == 2
+    assert any("is not used" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+    if kind != "undeserialisable":  # only bytes that passed every check reach TensorRT
+        assert bad_bytes not in fake_trt.deserialised or bad_bytes == good_bytes
+    assert fake_trt.deserialised[-1] == good_bytes == good.read_bytes()
+    assert trt_rt.list_engines(cache)[0]["valid"]
+    np.testing.assert_allclose(model.run(np.ones((2, 3), np.float32))["y"], np.full((2, 3), 3.0))
+
+
+def test_writes_are_atomic(fake_trt, tmp_path, monkeypatch):
+    path, cache = net(tmp_path), tmp_path / "engines"
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trt_rt.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        trt_rt.build_engine(path, cache_dir=cache)
+    assert [f for f in cache_files(cache) if not f.endswith(".lock")] == []  # no engine, no temporary file
+    # a crash after the engine and before its sidecar: the engine alone is never taken as valid
+    calls = []
+
+    def replace_once(src, dst):
+        calls.append(dst)
+        if str(dst).endswith(".json"):
+            raise OSError("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(trt_rt.os, "replace", replace_once)
+    with pytest.raises(OSError, match="killed"):
+        trt_rt.build_engine(path, cache_dir=cache)
+    assert [os.path.splitext(c)[1] for c in calls] == [".engine", ".json"]  # the engine first, then its sidecar
+    assert not any(f.endswith(".tmp") for f in cache_files(cache))
+    monkeypatch.setattr(trt_rt.os, "replace", real_replace)
+    (entry,) = trt_rt.list_engines(cache)
+    assert not entry["valid"] and "sidecar" in entry["problem"]
+    assert trt_rt.build_engine(path, cache_dir=cache).built
+    assert trt_rt.list_engines(cache)[0]["valid"]
+
+
+def test_real_onnx_inputs_get_the_profile(fake_trt, tmp_path):
+    """The bundled networks as the fake parser reads them with ONNX Runtime: the batch axis gets the
+    batch range, the full-range detector's symbolic height and width the dim range, fixed axes stay."""
+    import onnxruntime as ort
+
+    profile = trt_rt.Profile(2, 4, 8, dim=(64, 128, 512))
+    for name in ("face_detector_full.onnx", "face_landmarks.onnx"):
+        src = ig3d.presets.asset_path(name)
+        trt_rt.build_engine(src, precision="fp32", profile=profile, cache_dir=tmp_path / "e")
+        (inp,) = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).get_inputs()
+        want = tuple(zip(*[(2, 4, 8) if i == 0 else (64, 128, 512) if not isinstance(d, int) else (d, d, d)
+                           for i, d in enumerate(inp.shape)]))
+        assert builds(fake_trt)[-1]["profile"] == {inp.name: want}
+    assert builds(fake_trt)[0]["profile"]["image"] == ((2, 64, 64, 3), (4, 128, 128, 3), (8, 512, 512, 3))
+
+
+def test_build_errors(fake_trt, tmp_path):
+    cache = tmp_path / "engines"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(ValueError, match="bad.onnx: TensorRT could not parse the ONNX file: In node -1"):
+        trt_rt.build_engine(bad, cache_dir=cache)
+    assert [f for f in cache_files(cache) if not f.endswith(".lock")] == []
+    with pytest.raises(FileNotFoundError, match="no such ONNX file"):
+        trt_rt.build_engine(tmp_path / "missing.onnx", cache_dir=cache)
+    with pytest.raises(ValueError, match="precision: TensorRT engines are built in one of"):
+        trt_rt.build_engine(net(tmp_path), precision="bf16", cache_dir=cache)
+    for args in ((0, 1, 4), (1, 8, 4), (1, 2, 3, (64, 32, 128))):
+        with pytest.raises(ValueError, match="Profile: .* 1 <= min <= opt <= max"):
+            trt_rt.Profile(*args)
+
+
+def test_tensorrt_11_without_fp16_flag(monkeypatch, tmp_path, fake_trt):
+    trt11 = make_fake_trt(version="11.4.0", fp16_flag=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt11)
+    with pytest.raises(ValueError, match="TensorRT 11.4.0 has no BuilderFlag.FP16"):
+        trt_rt.build_engine(net(tmp_path), cache_dir=tmp_path / "e")
+    assert trt_rt.build_engine(net(tmp_path), precision="fp32", cache_dir=tmp_path / "e").built
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+def test_run_host_and_device_with_split_batches(fake_trt, tmp_path):
+    model = trt_rt.load_engine(net(tmp_path, scale=0.5, offset=-2.0), profile=trt_rt.Profile(1, 4, 8),
+                               cache_dir=tmp_path / "e")
+    assert (model.input_names, model.output_names, model.max_batch) == (["x"], ["y"], 8)
+    x = np.random.default_rng(0).normal(size=(19, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(x)["y"], x * np.float32(0.5) - np.float32(2.0))
+    assert [n for n, _ in fake_trt.launches] == [8, 8, 3]  # 19 rows over a profile of at most 8
+    out = model.run_device({"x": x}, stream=7)["y"]
+    assert isinstance(out, dm.DeviceArray) and out.shape == (19, 3) and out.stream == 7
+    info = dm.inspect(out, "scores2d")  # what FusedHead reads: float32, C-contiguous, on the device
+    assert dm.check_matrix(info, 3) == 19 and info.on_device
+    np.testing.assert_array_equal(out.numpy(), x * np.float32(0.5) - np.float32(2.0))
+    # a device array in (host memory standing in): read in place, no upload
+    core = ig3d.kernels.core()
+    n_h2d = sum(c[0] == "h2d" for c in core.calls)
+
+    class Cai:
+        def __init__(self, a):
+            self.a = a
+            self.__cuda_array_interface__ = {"shape": a.shape, "typestr": "<f4", "data": (a.ctypes.data, False),
+                                             "strides": None, "version": 3, "stream": 5}
+
+    y2 = model.run_device(Cai(x[:5].copy()))["y"]
+    assert sum(c[0] == "h2d" for c in core.calls) == n_h2d and y2.stream == 5
+    np.testing.assert_array_equal(y2.numpy(), x[:5] * np.float32(0.5) - np.float32(2.0))
+    # the engine's outputs feed the next run on the device, and a call on another stream waits for the last one
+    z = model.run_device(out, stream=9)["y"]
+    assert ("wait", 9, 5) in core.calls
+    np.testing.assert_allclose(z.numpy(), (x * 0.5 - 2.0) * 0.5 - 2.0, rtol=1e-6)
+    empty = model.run(np.zeros((0, 3), np.float32))["y"]
+    assert empty.shape == (0, 3)
+
+
+def test_run_checks_name_the_input(fake_trt, tmp_path):
+    model = trt_rt.load_engine(net(tmp_path), cache_dir=tmp_path / "e", profile=trt_rt.Profile(1, 2, 4))
+    x = np.zeros((2, 3), np.float32)
+    cases = [({"z": x}, r"net.onnx: unknown input\(s\) \['z'\]"),
+             ({}, r"net.onnx: input\(s\) \['x'\] not given"),
+             (x.astype(np.float64), "net.onnx: x: expected float32, got float64"),
+             (np.zeros((2, 3, 1), np.float32), r"net.onnx: x: expected 2 dimensions, got shape \[2, 3, 1\]"),
+             (np.zeros((2, 4), np.float32), r"net.onnx: x: dimension 1 is 4, outside the engine's profile \[3, 3\]")]
+    for inputs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            model.run(inputs)
+
+
+# --- the registry, availability and the CLI -----------------------------------------------------------------
+
+def test_registry_and_predictor_path(fake_trt, tmp_path):
+    entry = next(e for e in ig3d.available_backends() if e["name"] == "tensorrt")
+    assert entry == {"name": "tensorrt", "available": True, "version": "10.9.0", "reason": None,
+                     "backend": "tensorrt", "device": "cuda"}
+    assert engines.resolve("tensorrt") == ("tensorrt", "cuda")
+    with pytest.raises(ValueError, match=r"backend='tensorrt' runs on \['cuda'\], not device='cpu'"):
+        engines.resolve("tensorrt", "cpu")
+    with pytest.raises(ValueError, match="precision='bf16'"):
+        engines.resolve("tensorrt", precision="bf16")
+    model = engines.load(str(net(tmp_path)), backend="tensorrt", device="cuda")
+    assert isinstance(model, trt_rt.TensorRTModel) and model.precision == "fp32"
+    assert builds(fake_trt)[-1]["flags"] == [] and builds(fake_trt)[-1]["cleared"] == ["TF32"]
+    assert model.path.parent == tmp_path / "home" / "engines"
+    np.testing.assert_array_equal(engines.Workers(1).run(model, np.ones((3, 3), np.float32))["y"], np.full((3, 3), 3.0))
+
+
+def test_unavailable_reasons(monkeypatch, fake_trt):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    why = trt_rt.tensorrt_problem()
+    assert why.startswith("tensorrt is not installed: pip install \"ig3d[tensorrt]\"")
+    with pytest.raises(RuntimeError, match="backend='tensorrt' is not available here") as err:
+        engines.resolve("tensorrt")
+    assert why in str(err.value)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    core = ig3d.kernels.core()
+    monkeypatch.setattr(core, "cuda_device_count", lambda: (0, "cudaErrorInsufficientDriver: driver too old"),
+                        raising=False)
+    entry = next(e for e in ig3d.available_backends() if e["name"] == "tensorrt")
+    assert entry["reason"] == "no CUDA device: cudaErrorInsufficientDriver: driver too old"
+    assert not entry["available"] and entry["version"] == "10.9.0"
+    monkeypatch.setattr(core, "cuda_compiled", lambda: False, raising=False)
+    assert "no CUDA support" in trt_rt.tensorrt_problem()
+
+
+def test_engines_cli(fake_trt, tmp_path, capsys):
+    from ig3d.cli import main
+
+    cache = tmp_path / "cli"
+    a, b = net(tmp_path, name="a.onnx"), net(tmp_path, name="b.onnx", scale=4.0)
+    assert main(["engines", "build", str(a), str(b), "--cache-dir", str(cache), "--max-batch", "32",
+                 "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in out] == [["built", "a.onnx", "fp32"], ["built", "b.onnx", "fp32"]]
+    assert all(b["profile"]["x"][2] == (32, 3) for b in builds(fake_trt))
+    assert main(["engines", "build", str(a), "--cache-dir", str(cache), "--max-batch", "32",
+                 "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out.startswith("cached  a.onnx")
+    assert main(["engines", "list", "--json", "--cache-dir", str(cache)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["onnx"], e["valid"]) for e in listed] == [("a.onnx", True), ("b.onnx", True)]
+    assert listed[0]["key"]["profile"]["batch"] == [1, 16, 32]
+    _corrupt("flipped", tmp_path / listed[1]["path"])
+    assert main(["engines", "list", "--cache-dir", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert "2 engines" in text and "INVALID: sha256 differs" in text and "NVIDIA Fake GPU (sm 8.7)" in text
+    assert main(["engines", "clear", "--invalid", "--cache-dir", str(cache)]) == 0
+    assert [e["onnx"] for e in trt_rt.list_engines(cache)] == ["a.onnx"]
+    assert main(["engines", "clear", "--cache-dir", str(cache)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "removed 1 engine" and cache_files(cache) == []
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    assert main(["engines", "build", str(bad), str(a), "--cache-dir", str(cache)]) == 1  # a failed, a built
+    cap = capsys.readouterr()
+    assert f"ig3d engines build: {bad}: bad.onnx: TensorRT could not parse the ONNX file" in cap.err
+    assert cap.out.startswith("built  a.onnx  fp16  batch 1-16-256")
+
+
+def test_engines_cli_without_tensorrt(monkeypatch, tmp_path, capsys):
+    from ig3d.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["engines", "build", "--cache-dir", str(tmp_path)]) == 1
+    assert "cannot build TensorRT engines here: tensorrt is not installed" in capsys.readouterr().err
+    assert main(["engines", "list", "--cache-dir", str(tmp_path / "none")]) == 0  # list works without TensorRT
+    assert "0 engines" in capsys.readouterr().out
