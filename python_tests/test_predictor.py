@@ -304,7 +304,7 @@ def test_predictor_settings():
             ig3d.Predictor(backend="tensorrt")
         assert have["tensorrt"]["reason"] in str(err.value)
     p = ig3d.Predictor(device="cpu")  # auto: the fastest exact CPU runtime installed
-    assert (p.backend, p.device) == ("openvino" if have["openvino"]["available"] else "onnxruntime", "cpu")
+    assert (p.backend, p.device) == ("onnxruntime", "cpu")  # ONNX Runtime outranks OpenVINO (measured faster)
 
 
 def test_trained_head_replaces_the_prior(tmp_path, faces):

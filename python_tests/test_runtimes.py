@@ -108,8 +108,10 @@ def test_auto_rule_and_explicit_requests(monkeypatch):
     cpu_exact = [rt for rt in engines.runtimes() if rt.exact_cpu and "cpu" in rt.devices()]
     want = max(cpu_exact, key=lambda rt: rt.auto_rank).name
     assert engines.resolve("auto", "cpu") == (want, "cpu")
+    # ONNX Runtime outranks OpenVINO on the CPU (measured faster in the per-face worker pool)
+    assert want == "onnxruntime"
     if "openvino" in have:
-        assert want == "openvino"
+        assert engines.resolve("openvino", "cpu") == ("openvino", "cpu")
     assert engines.resolve("onnxruntime", "cpu") == ("onnxruntime", "cpu")
     for bad, match in ((dict(backend="nope"), "backend: expected one of"),
                        (dict(device="tpu"), "device: expected one of"),

@@ -12,8 +12,9 @@ Adding a runtime: see :mod:`ig3d.engines.base` (a module with a ``Runtime`` subc
 
 ``backend="auto"``: on a CUDA machine, ONNX Runtime's CUDA provider; on the CPU, the installed runtime
 with the highest ``auto_rank`` among those whose float32 outputs are exact (equal to ONNX Runtime's
-within 1e-5 of the output scale): OpenVINO when it is installed (measured faster on every network
-ig3d ships or exports), else ONNX Runtime. With ``precision="bf16"``, the runtime that has bf16 here.
+within 1e-5 of the output scale): ONNX Runtime, which measured faster than OpenVINO in the default
+preset's per-face worker pool (``ig3d/engines/openvino.py`` has the figures); OpenVINO runs on
+request. With ``precision="bf16"``, the runtime that has bf16 here (OpenVINO).
 
 Runtimes are imported on first use, never at ``import ig3d``.
 """

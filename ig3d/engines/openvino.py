@@ -136,8 +136,11 @@ class OpenVinoRuntime(Runtime):
 
     name = "openvino"
     exact_cpu = True
-    #: measured faster than ONNX Runtime on every network ig3d ships or exports, in fp32 (README)
-    auto_rank = 10
+    #: below ONNX Runtime: in the default preset's pipeline (one single-threaded run per face over the
+    #: cores) OpenVINO measured slower, 45 against 37 ms per photo at batch 1 and 38 against 29 ms per
+    #: photo in a 15-photo call (2 cores, the five shared photos, interleaved rounds); it is used on
+    #: request (backend="openvino") until a measurement says otherwise
+    auto_rank = -1
     install_hint = "pip install \"ig3d[openvino]\""
 
     def missing(self) -> Optional[str]:
