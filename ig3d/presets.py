@@ -31,6 +31,8 @@ PRESETS = ("default",)
 FER_SIZE = 64
 FER_CROP_SCALE = 1.1  # square side = 1.1 x the longer side of the landmarks' bounding box
 MERGE_IOU = 0.3
+#: a detection with more than this share of its box inside a larger detection's box is dropped
+CONTAINED_SHARE = 0.6
 #: Smallest face (pixels) the default preset looks for. The full-range detector misses faces below
 #: ~16-20 px of its input, so an image too large for that at 192x192 is also scanned once whole,
 #: at the scale where a face of this size spans SCAN_FACE_PIXELS (the small-face scan).
@@ -109,6 +111,26 @@ def _stack(dets: List[detect.FaceDetections]) -> Tuple[np.ndarray, np.ndarray, n
 
 def _subset(d: detect.FaceDetections, mask: np.ndarray) -> detect.FaceDetections:
     return detect.FaceDetections(d.boxes[mask], d.scores[mask], d.keypoints[mask])
+
+
+def _inside_larger(boxes: np.ndarray, share: float = CONTAINED_SHARE) -> np.ndarray:
+    """Mask: the boxes whose area lies for more than ``share`` inside a larger box. A face does not
+    sit inside another face: such a box is part of a face that a detector took for a face of its own
+    (the small-face scan proposes parts of a whole-frame face that only the short-range detector
+    sees whole)."""
+    n = len(boxes)
+    out = np.zeros(n, bool)
+    if n < 2:
+        return out
+    b = np.asarray(boxes, np.float64)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih  # [i, j]: overlap of i and j
+    larger = area[None, :] > area[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(area[:, None] > 0, inter / area[:, None], 0.0)
+    return np.any(larger & (frac > share), axis=1)
 
 
 def _cat_dets(a: detect.FaceDetections, b: detect.FaceDetections) -> detect.FaceDetections:
@@ -419,8 +441,10 @@ class DefaultPipeline:
         out = []
         for f, s in zip(full, short):
             new_short = _new_faces(f, s)
-            out.append((_cat_dets(f, _subset(s, new_short)),
-                        np.concatenate([_new_faces(s, f), np.zeros(int(new_short.sum()), bool)])))
+            d = _cat_dets(f, _subset(s, new_short))
+            only_full = np.concatenate([_new_faces(s, f), np.zeros(int(new_short.sum()), bool)])
+            keep = ~_inside_larger(d.boxes)
+            out.append((_subset(d, keep), only_full[keep]))
         return out
 
     def refine(self, images, faces: _Faces, mask: np.ndarray) -> _Faces:

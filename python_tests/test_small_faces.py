@@ -165,3 +165,16 @@ def test_min_face_size_none_means_no_search(faces, monkeypatch):
     assert calls == [] and len(d) == 0
     q = DefaultPipeline(backend="onnxruntime", device="cpu")
     assert q._needs_scan(im.shape[:2]) and not q._needs_scan((512, 512))
+
+
+def test_a_box_inside_a_larger_face_is_dropped():
+    """A detection lying mostly inside a larger one is part of that face (the small-face scan can
+    propose one inside a whole-frame face): dropped; neighbouring and overlapping faces are kept."""
+    from ig3d.presets import _inside_larger
+
+    boxes = np.array([[100, 100, 800, 800],    # a whole-frame face
+                      [150, 250, 450, 550],    # inside it
+                      [760, 100, 1000, 340],   # overlaps it a little (a neighbour)
+                      [1200, 100, 1240, 140]], np.float32)
+    np.testing.assert_array_equal(_inside_larger(boxes), [False, True, False, False])
+    assert not _inside_larger(boxes[:1]).any() and _inside_larger(np.zeros((0, 4))).shape == (0,)
