@@ -95,7 +95,10 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
             with open(path, "rb") as f:
                 data = f.read()
             trt.calls.append(("parse_from_file", os.path.basename(path), hashlib.sha256(data).hexdigest()))
-            return self._read(data)
+            ok = self._read(data)
+            if ok and not data.startswith(b"{"):
+                self.network.spec["onnx_path"] = str(path)  # the "engine" runs it with ONNX Runtime
+            return ok
 
         def _read(self, data):
             if data.startswith(b"{"):  # a test network: JSON with its inputs, outputs and arithmetic
@@ -169,7 +172,14 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
                 self.shapes[name] = tuple(shape)
             return ok
 
+        def _ort_run(self, feed):
+            names = [o["name"] for o in self.engine.spec["outputs"]]
+            return dict(zip(names, self.engine.session().run(names, feed)))
+
         def get_tensor_shape(self, name):
+            if "onnx_path" in self.engine.spec:  # a real network: its output shapes for the input shapes set
+                feed = {k: np.zeros(v, np.float32) for k, v in self.shapes.items()}
+                return tuple(self._ort_run(feed)[name].shape)
             spec = next(o for o in self.engine.spec["outputs"] if o["name"] == name)
             batch = next(iter(self.shapes.values()))[0]
             return tuple(batch if (i == 0 and d == -1) else d for i, d in enumerate(spec["shape"]))
@@ -179,6 +189,12 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
 
         def execute_async_v3(self, stream):
             spec = self.engine.spec
+            if "onnx_path" in spec:
+                feed = {k: _host_view(self.addresses[k], v).copy() for k, v in self.shapes.items()}
+                for k, y in self._ort_run(feed).items():
+                    _host_view(self.addresses[k], y.shape)[...] = y
+                trt.launches.append((next(iter(self.shapes.values()))[0], stream))
+                return True
             (inp,) = spec["inputs"]
             shape = self.shapes[inp["name"]]
             x = _host_view(self.addresses[inp["name"]], shape)
@@ -190,9 +206,16 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
 
     class Engine:
         def __init__(self, blob):
-            self.spec = blob["spec"]
+            self.spec, self._session = blob["spec"], None
             self.profile = {k: tuple(tuple(s) for s in v) for k, v in blob["profile"].items()}
             self.names = [i["name"] for i in self.spec["inputs"]] + [o["name"] for o in self.spec["outputs"]]
+
+        def session(self):
+            if self._session is None:
+                import onnxruntime as ort
+
+                self._session = ort.InferenceSession(self.spec["onnx_path"], providers=["CPUExecutionProvider"])
+            return self._session
 
         @property
         def num_io_tensors(self):
@@ -617,3 +640,29 @@ def test_engines_cli_without_tensorrt(monkeypatch, tmp_path, capsys):
     assert "cannot build TensorRT engines here: tensorrt is not installed" in capsys.readouterr().err
     assert main(["engines", "list", "--cache-dir", str(tmp_path / "none")]) == 0  # list works without TensorRT
     assert "0 engines" in capsys.readouterr().out
+
+
+def test_predictor_on_tensorrt_engines_equals_onnxruntime(fake_trt, monkeypatch):
+    """The default preset with backend="tensorrt": every network goes through the TensorRT runtime
+    (parsed, profiled, cached, run on "device" buffers; the stand-in engines compute with ONNX
+    Runtime), and the faces equal ONNX Runtime's batched run on the CPU."""
+    monkeypatch.setattr(ig3d.kernels, "has_cuda", lambda: False)  # the fused head stays on the CPU here
+    image = ig3d.presets.asset_path("astronaut.png")
+    ref = ig3d.Predictor(backend="onnxruntime", device="cpu", parallel_runs=1).predict(image)
+    p = ig3d.Predictor(backend="tensorrt")
+    assert (p.backend, p.device) == ("tensorrt", "cuda")
+    got = p.predict(image)
+    assert len(got) == len(ref) == 1
+    assert got[0].label == ref[0].label
+    np.testing.assert_allclose(got[0].box, ref[0].box, atol=1e-3)
+    np.testing.assert_allclose(got[0].landmarks, ref[0].landmarks, atol=1e-3)
+    for field in ("blendshapes", "scores"):
+        want = getattr(ref[0], field)
+        np.testing.assert_allclose([getattr(got[0], field)[k] for k in want], list(want.values()), atol=1e-5)
+    built = {c[1] for c in fake_trt.calls if c[0] == "parse_from_file"}
+    assert {"face_detector_full.onnx", "face_detector_short.onnx", "face_landmarks.onnx", "face_blendshapes.onnx",
+            "fer_mini_xception.onnx"} <= built
+    assert all(b["flags"] == [] and b["cleared"] == ["TF32"] for b in builds(fake_trt))  # fp32 engines
+    n_builds = len(builds(fake_trt))
+    ig3d.Predictor(backend="tensorrt")  # a second start: every engine from the cache
+    assert len(builds(fake_trt)) == n_builds
