@@ -1,8 +1,8 @@
 """Running the ONNX networks: one interface (:mod:`ig3d.engines.base`) with a module per runtime -
 ONNX Runtime on the CPU or CUDA (:mod:`~ig3d.engines.onnxruntime`, the reference), OpenVINO on the CPU
 (:mod:`~ig3d.engines.openvino`, ``pip install "ig3d[openvino]"``), native TensorRT engines on CUDA
-(:mod:`~ig3d.engines.tensorrt`, ``pip install "ig3d[tensorrt]"``). The pipelines, :class:`Workers` and :class:`PerCoreModel`
-are written against the interface and never compare backend names.
+(:mod:`~ig3d.engines.tensorrt`, ``pip install "ig3d[tensorrt]"``). The pipelines, :class:`Workers` and
+:class:`PerCoreModel` are written against the interface and never compare backend names.
 
 Capability discovery instead of guessing, and no silent fallback: asking for a device, runtime or
 precision that is not there raises one clear error, with the reason :func:`available_backends` gives.

@@ -552,8 +552,8 @@ class TensorRTModel(Model):
                     for n in self.output_names:
                         shape = tuple(int(d) for d in ctx.get_tensor_shape(n))
                         if batch > step and (not shape or shape[0] != n_items):
-                            raise RuntimeError(f"{self.name}: output {n!r} has shape {list(shape)}, not batch-first; "
-                                               f"a batch of {batch} above the profile's {self.max_batch} cannot be split")
+                            raise RuntimeError(f"{self.name}: output {n!r} has shape {list(shape)}, not batch-first; a "
+                                               f"batch of {batch} above the profile's {self.max_batch} cannot be split")
                         full = ((batch,) + shape[1:]) if shape and (shape[0] == max(n_items, 1)) else shape
                         nbytes = int(np.prod(full, dtype=np.int64)) * self._dtype[n].itemsize
                         outs[n] = (core.DeviceBuffer(max(nbytes, 1), dev, s), full)
