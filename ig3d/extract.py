@@ -246,7 +246,7 @@ def _finish(arrays: Dict[str, np.ndarray], meta: Dict[str, np.ndarray], has_labe
 
 def extract(dataset, output: PathLike, *, preset: str = "default", aligned: bool = False, batch: int = 16,
             shard: Optional[Tuple[int, int]] = None, weights: Optional[dict] = None, backend: str = "auto",
-            device: str = "auto", threads: Optional[int] = None, progress: Optional[bool] = None,
+            device: str = "auto", threads: Optional[int] = None, precision: str = "fp32", progress: Optional[bool] = None,
             on_batch: Optional[Callable[[int], None]] = None, predictor=None, **dataset_kw) -> Path:
     """Extract features of every image of ``dataset`` into ``output`` (see the module docstring).
 
@@ -254,7 +254,7 @@ def extract(dataset, output: PathLike, *, preset: str = "default", aligned: bool
         dataset: a folder or file that :func:`ig3d.datasets.open_dataset` reads, or an opened
             :class:`ig3d.datasets.Dataset`.
         output: the ``.npz`` to write.
-        preset, weights, backend, device, threads: as :class:`ig3d.Predictor`.
+        preset, weights, backend, device, threads, precision: as :class:`ig3d.Predictor`.
         aligned: the images are pre-aligned face crops (no detection).
         batch: images per call of the preset (all faces of a call are batched over the cores).
         shard: (k, n): process only the k-th of n equal blocks of rows.
@@ -312,7 +312,8 @@ def extract(dataset, output: PathLike, *, preset: str = "default", aligned: bool
 
             if not (weights_dir() / preset / "head.npz").is_file():
                 w["head"] = _placeholder_head(D)  # extraction reads the encoders only
-        predictor = Predictor(preset, backend=backend, device=device, threads=threads, weights=w)
+        predictor = Predictor(preset, backend=backend, device=device, threads=threads, weights=w,
+                              precision=precision)
     blocks_idx = [list(range(s, min(s + BLOCK, hi))) for s in range(lo, hi, BLOCK)]
     done_blocks = {p.name for p in parts.glob("block_*.npz")}
     n_done = sum(len(b) for k, b in enumerate(blocks_idx) if f"block_{k:06d}.npz" in done_blocks)

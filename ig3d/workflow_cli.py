@@ -167,7 +167,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"  ... {len(ds.errors) - 10} more bad rows (all listed in the output's failed_paths)", file=sys.stderr)
     out = extract(ds, args.output, preset=args.preset, aligned=args.aligned, batch=args.batch,
                   shard=parse_shard(args.shard) if args.shard else None, threads=args.threads,
-                  backend=args.backend, device=args.device)
+                  backend=args.backend, device=args.device, precision=args.precision)
     with np.load(out, allow_pickle=False) as z:
         n, nf = len(z["params3d"]), len(z["failed_paths"])
         reasons = {}
@@ -261,8 +261,11 @@ def add_parsers(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--classes", help="7 or 8 (AffectNet without / with contempt), or class names a,b,c for "
                                      "an ImageFolder of other classes")
     p.add_argument("--threads", type=int, help="CPU worker threads (default: all cores)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
-                   help="runtime for the networks")
+    from .engines import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS), help="runtime for the networks")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="bf16: the networks that pass ig3d's accuracy gates run in bf16 (AMX / AVX512-BF16 CPUs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for the networks")
     p.set_defaults(func=_cmd_extract)
 
