@@ -106,11 +106,13 @@ def worker_arguments(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="where to write the JSON result")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per timed measurement")
     ap.add_argument("--repeats", type=int, default=5, help="repeats per measurement (min is kept)")
+    ap.add_argument("--b1-only", action="store_true", help="time the batch-1 workload only (no 16-face call)")
     return ap
 
 
 def run_worker(args: argparse.Namespace, side: str, build: Callable[[], "Pipeline"]) -> None:
-    """Load the workloads, build the pipeline, time it and write the result JSON.
+    """Load the workloads, build the pipeline, time it and write the result JSON (``b16_s`` and
+    ``b16_faces_found`` are null with ``--b1-only``).
 
     ``build()`` returns an object with ``versions`` (dict), ``predict(img)``,
     ``predict_many(imgs)`` and ``summary(result) -> {"faces": int|None, "labels": list|None}``
@@ -127,15 +129,18 @@ def run_worker(args: argparse.Namespace, side: str, build: Callable[[], "Pipelin
         sys.exit(UNAVAILABLE)
     # Warm-up outside the timed region; the summaries (faces found, labels) come from these calls.
     per_image = {name: pipe.summary(pipe.predict(img)) for name, img in b1}
-    many = pipe.predict_many(b16)
-    if len(many) != len(b16):
-        raise RuntimeError(f"{side}: predict_many returned {len(many)} results for {len(b16)} images")
-    b16_summaries = [pipe.summary(r) for r in many]
+    b16_summaries = []
+    if not getattr(args, "b1_only", False):
+        many = pipe.predict_many(b16)
+        if len(many) != len(b16):
+            raise RuntimeError(f"{side}: predict_many returned {len(many)} results for {len(b16)} images")
+        b16_summaries = [pipe.summary(r) for r in many]
     setup_s = time.perf_counter() - t0
 
     b1_s = {name: bench(lambda img=img: pipe.predict(img), min_time=args.min_time, repeats=args.repeats)
             for name, img in b1}
-    b16_s = bench(lambda: pipe.predict_many(b16), min_time=args.min_time, repeats=args.repeats)
+    b16_s = (bench(lambda: pipe.predict_many(b16), min_time=args.min_time, repeats=args.repeats)
+             if b16_summaries else None)
 
     faces16 = [s["faces"] for s in b16_summaries]
     result = {
@@ -146,7 +151,7 @@ def run_worker(args: argparse.Namespace, side: str, build: Callable[[], "Pipelin
         "b1_summary": per_image,
         "b16_s": b16_s,
         "b16_images": len(b16),
-        "b16_faces_found": None if None in faces16 else int(sum(faces16)),
+        "b16_faces_found": None if not faces16 or None in faces16 else int(sum(faces16)),
         "base_rss_mb": base_rss,
         "peak_rss_mb": peak_rss_mb(),
     }

