@@ -1,5 +1,6 @@
-"""pytest-benchmark case for ig3d's default pipeline: ``Predictor().predict`` on the astronaut
-photo (one 512x512 image, one face). Run: pytest benchmarks/test_bench_default_pipeline.py
+"""pytest-benchmark cases for ig3d's default pipeline: ``Predictor().predict`` on the astronaut
+photo (one 512x512 image, one face), with the default settings and with ``min_face_size=None`` (no
+small-face scan: the "same work" as MediaPipe). Run: pytest benchmarks/test_bench_default_pipeline.py
 (``python benchmarks/default_pipeline.py`` compares it with MediaPipe + FER and prints ratios).
 
 The photo comes from ``$IG3D_FACES_DIR`` (default ``<repo>/../shared/data/faces``), else the
@@ -32,11 +33,11 @@ def astronaut() -> np.ndarray:
     pytest.skip(f"astronaut.png not found in {faces_dir} (set IG3D_FACES_DIR) nor in ig3d/assets")
 
 
-@pytest.fixture(scope="module")
-def predictor():
+@pytest.fixture(scope="module", params=["default", "none"], ids=["min_face_size=40", "min_face_size=None"])
+def predictor(request):
     if not hasattr(ig3d, "Predictor"):
         pytest.skip("ig3d.Predictor is not available in this ig3d")
-    return ig3d.Predictor()
+    return ig3d.Predictor() if request.param == "default" else ig3d.Predictor(min_face_size=None)
 
 
 def test_predict_astronaut(astronaut, predictor, benchmark):
