@@ -23,9 +23,10 @@ Where ig3d goes beyond MediaPipe (what its users ask for, mediapipe#1634, #1690,
   being lost gets a new one (ids count up from 0 and restart at :meth:`Tracker.reset`);
 * while fewer than ``max_faces`` faces are tracked the detectors run every ``detect_every``
   frames, not on every frame (MediaPipe runs them on every frame then: with ``num_faces=2`` and
-  one face in view, on all of them). They also run on the very frame where a face is lost: a
-  detection there that overlaps the lost face continues its track (same id, no frame without it),
-  so a quick movement that outruns the region does not drop the face;
+  one face in view, on all of them). They also run on the very frame where a face is lost (or
+  their detections of that frame are used again): a face found there whose centre lies in the
+  region where the lost face was looked for continues its track (same id, no frame without it),
+  so a quick movement that outruns the landmark region does not drop the face or change its id;
 * a detection never duplicates a tracked face (it is dropped when it overlaps one: IoU above 0.3
   or its centre inside the face's box), and two tracks that converge on one face (one face passing
   in front of another) become one: the track whose box moved least keeps it;
@@ -89,6 +90,12 @@ def _boxes(lm: np.ndarray) -> np.ndarray:
     if lm.size == 0:
         return np.zeros((0, 4))
     return np.concatenate([lm[:, :, :2].min(axis=1), lm[:, :, :2].max(axis=1)], axis=1)
+
+
+def _centre(lm: np.ndarray) -> np.ndarray:
+    """Centre of the bounding box of one face's landmarks ``[L, 2|3]``."""
+    xy = np.asarray(lm, np.float64)[:, :2]
+    return (xy.min(axis=0) + xy.max(axis=0)) / 2
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -178,10 +185,12 @@ class Tracker:
         return [t.id for t in self._tracks]
 
     # -----------------------------------------------------------------------------------------
-    def _detect(self, images, avoid: np.ndarray, room: int):
-        """New detections in the frame (none overlapping the boxes ``avoid``), at most ``room``,
-        best scores first: (Rois, scores, boxes, mask of those only the full-range detector found)."""
-        dets, full_only = self.faces_pipeline.detect(images)[0]
+    @staticmethod
+    def _new_detections(found, avoid: np.ndarray, room: int):
+        """The frame's detections ``found`` (``DefaultPipeline.detect``'s) that overlap none of the
+        boxes ``avoid``, at most ``room``, best scores first: (Rois, scores, boxes, mask of those only
+        the full-range detector found)."""
+        dets, full_only = found
         keep = ~np.any(_overlaps(dets.boxes, avoid), axis=1) if len(dets) else np.zeros(0, bool)
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(-dets.scores[idx], kind="stable")][:max(room, 0)]
@@ -221,8 +230,9 @@ class Tracker:
         # 1. the detectors: first frame, and every detect_every frames while faces are missing
         self._since_detect += 1
         due = self._frames == 0 or (len(tracks) < self.max_faces and self._since_detect >= self.detect_every)
+        found = self.faces_pipeline.detect(images)[0] if due else None
         if due:
-            det_rois, det_scores, _, det_refine = self._detect(images, prev_boxes, self.max_faces - len(tracks))
+            det_rois, det_scores, _, det_refine = self._new_detections(found, prev_boxes, self.max_faces - len(tracks))
         else:
             det_rois, det_scores, det_refine = _cat_rois([]), np.zeros(0, np.float32), np.zeros(0, bool)
 
@@ -247,24 +257,27 @@ class Tracker:
                 lost.append(k)
         cands += [_Candidate(lm[k], float(scores[k])) for k in range(n_tr, len(rois)) if ok[k]]
 
-        # 3. a face lost on this frame: the detectors look for it at once (a detection overlapping
-        #    its last box continues its track)
-        if lost and not due:
+        # 3. a face lost on this frame: the detectors look for it at once (or their detections of this
+        #    frame are used again); a new face whose centre lies in the region where a lost face was
+        #    looked for continues that face's track
+        if lost:
+            if found is None:
+                found = self.faces_pipeline.detect(images)[0]
             avoid = _boxes(np.stack([c.raw for c in cands])) if cands else np.zeros((0, 4))
-            d_rois, d_scores, d_boxes, d_refine = self._detect(images, avoid, self.max_faces - len(cands))
+            d_rois, d_scores, _, d_refine = self._new_detections(found, avoid, self.max_faces - len(cands))
             if len(d_rois):
                 d_lm, d_presence = self._landmarks(images, d_rois, d_scores, d_refine)
-                hit = _overlaps(d_boxes, prev_boxes[lost])
-                taken = set()
-                for j in range(len(d_rois)):
-                    if d_presence[j] < LANDMARK_MIN_PRESENCE:
-                        continue
-                    owners = [lost[i] for i in np.flatnonzero(hit[j]) if lost[i] not in taken]
-                    if owners:
-                        taken.add(owners[0])
-                        cands.append(_Candidate(d_lm[j], tracks[owners[0]].score, tracks[owners[0]], 0.0))
-                    else:
-                        cands.append(_Candidate(d_lm[j], float(d_scores[j])))
+                cands += [_Candidate(d_lm[j], float(d_scores[j])) for j in range(len(d_rois))
+                          if d_presence[j] >= LANDMARK_MIN_PRESENCE]
+            # where each lost face was looked for: its region from the previous landmarks (upright box)
+            regions = lmk.rois_from_landmarks(np.stack([tracks[k].raw for k in lost]))
+            for i, k in enumerate(lost):
+                new = [c for c in cands if c.track is None]
+                d = np.array([_centre(c.raw) - regions.center[i] for c in new]).reshape(-1, 2)
+                inside = np.flatnonzero(np.all(np.abs(d) <= regions.size[i] / 2, axis=1))
+                if inside.size:
+                    c = new[inside[np.argmin(np.linalg.norm(d[inside], axis=1))]]
+                    c.track, c.score = tracks[k], tracks[k].score
             due = True
         if due:
             self._since_detect = 0

@@ -130,6 +130,32 @@ def test_face_leaving_and_coming_back_gets_a_new_id(predictor, patches):
     assert ids[20:] == [[1]] * 10                          # found on its first frame back (a detection is due)
 
 
+def test_a_face_that_outruns_its_region_is_found_on_the_same_frame(predictor, patches):
+    """A jump of most of a face's width in one frame loses the landmark model's region; the
+    detectors run on that frame, and the face keeps its id when it is still inside the region where
+    it was looked for (a new one when it jumped further)."""
+    A = patches["A"]
+    pipe = predictor._pipeline
+    calls = []
+    real = pipe.detect
+
+    def spy(images):
+        calls.append(1)
+        return real(images)
+
+    pipe.detect = spy
+    try:
+        for dx, ids in ((70, [0] * 8), (300, [0] * 5 + [1] * 3)):
+            calls.clear()
+            frames = [put(canvas(), A, 100 + (dx if i >= 5 else 0), 80) for i in range(8)]
+            res = list(predictor.stream(frames, detect_every=50))
+            assert [[f.track_id for f in r.faces] for r in res] == [[i] for i in ids], dx
+            assert len(calls) == 2                          # the first frame and the frame of the jump
+            np.testing.assert_allclose(centre(res[5].faces[0])[0], 100 + dx + A.shape[1] / 2, atol=15)
+    finally:
+        del pipe.detect
+
+
 def test_two_faces_crossing_keep_their_ids(predictor, patches):
     A, B = patches["A"], patches["B"]
     frames = [put(put(canvas(), A, 20 + 14 * i, 10), B, 480 - 14 * i, 170) for i in range(34)]
