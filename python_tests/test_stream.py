@@ -6,6 +6,8 @@ detector scheduling, the second landmark pass on small faces of large photos, an
 from __future__ import annotations
 
 import sys
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -214,6 +216,24 @@ def test_vfr_video_file_timestamps(tmp_path, patches):
     with open_source(path) as src:
         got = [f.timestamp for f in src]
     np.testing.assert_allclose(got, ms / 1000, atol=1e-9)
+    # HEVC in Matroska, written with PyAV's own encoder, variable frame rate too
+    if "libx265" not in av.codecs_available:
+        pytest.skip("this PyAV build has no HEVC encoder")
+    with av.open(str(tmp_path / "vfr_hevc.mkv"), "w") as out:
+        vs = out.add_stream("libx265", rate=30, options={"x265-params": "log-level=none"})
+        vs.width, vs.height, vs.pix_fmt, vs.time_base = W, H, "yuv420p", Fraction(1, 1000)
+        vs.codec_context.time_base = Fraction(1, 1000)      # else the encoder rounds to 1/30 s
+        for i, t in enumerate(ms):
+            fr = av.VideoFrame.from_ndarray(put(canvas(), patches["A"], 100 + 10 * i, 100), format="rgb24")
+            fr.pts, fr.time_base = int(t), Fraction(1, 1000)
+            for pk in vs.encode(fr):
+                out.mux(pk)
+        for pk in vs.encode(None):
+            out.mux(pk)
+    with open_source(tmp_path / "vfr_hevc.mkv") as src:
+        got = [(f.timestamp, f.image.shape) for f in src]
+    np.testing.assert_allclose([t for t, _ in got], ms / 1000, atol=1e-9)
+    assert {shape for _, shape in got} == {(H, W, 3)}
 
 
 def test_push_api_equals_the_iterator_and_reset_repeats(predictor, patches):
