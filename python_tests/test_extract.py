@@ -201,3 +201,20 @@ def test_default_preset_takes_a_head_with_other_classes(faces):
     with pytest.raises(ValueError, match="needs class names"):
         ig3d.Predictor(head=ig3d.FusedHead([ig3d.Layer(np.zeros((3, 55), np.float32), None)], input_dim=55,
                                            num_classes=3))
+
+
+def test_progress_bar_shows_rate_and_eta():
+    import io
+
+    out = io.StringIO()
+    bar = ex._Progress(10, 2, enabled=True, stream=out)
+    bar.t0 -= 1.0  # one second in
+    bar.update(4)
+    bar.close()
+    line = out.getvalue()
+    assert "6/10" in line and "img/s" in line and "ETA 00:00:0" in line and line.endswith("\n")
+    quiet = io.StringIO()
+    q = ex._Progress(10, enabled=False, stream=quiet)
+    q.update(10)
+    q.close()
+    assert quiet.getvalue() == ""
