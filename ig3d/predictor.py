@@ -61,7 +61,7 @@ class Predictor:
                  min_face_size: Optional[int] = 40, weights: Optional[dict] = None,
                  precision: Union[str, Mapping[str, str]] = "fp32", parallel_runs: Optional[int] = None,
                  threads_per_run: Optional[int] = None):
-        from . import ig3d_presets, presets
+        from .pipelines import default as presets, ig3d as ig3d_presets
 
         known = list(presets.PRESETS) + list(ig3d_presets.IG3D_PRESETS)
         if preset not in known:
@@ -140,7 +140,7 @@ class Predictor:
         """A :class:`ig3d.stream.Tracker` for apps that own their frame loop:
         ``faces = tracker.update(frame, timestamp)`` per frame (timestamps in seconds, increasing),
         ``tracker.reset()`` between sequences. Same arguments and results as :meth:`stream`."""
-        from .stream import Tracker
+        from .pipelines.stream import Tracker
 
         return Tracker(self._live_pipeline(), max_faces=max_faces, smoothing=smoothing, detect_every=detect_every,
                        color=color, fps=fps)
@@ -170,7 +170,7 @@ class Predictor:
         A file is decoded in a background thread while earlier frames go through the networks.
         Use it in a ``with`` block (or call ``close()``) to stop decoding early.
         """
-        from .stream import Stream
+        from .pipelines.stream import Stream
         from .video import open_source
 
         # the source turns frames into RGB (``color`` applies there once)
