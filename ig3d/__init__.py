@@ -18,12 +18,13 @@ from . import kernels, metrics
 from ._version import __version__
 from .engines import available_backends
 from .fusion import FusedHead, FusedOutput, Layer, fold_batchnorm, fuse_scores
+from .pipelines.options import PredictorOptions
 from .predictor import Predictor
 from .results import FaceResult
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time they load on first use
     from . import convert, engines, faces, fusion, hub, ig3d_presets, io, labels, models  # noqa: F401
-    from . import overlay, predictor, presets, prior, results  # noqa: F401
+    from . import overlay, pipelines, predictor, presets, prior, results  # noqa: F401
 
 
 def _submodules() -> List[str]:
@@ -47,6 +48,7 @@ def __dir__() -> List[str]:
 
 __all__ = [
     "Predictor",
+    "PredictorOptions",
     "FaceResult",
     "FusedHead",
     "FusedOutput",

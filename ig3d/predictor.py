@@ -1,4 +1,5 @@
-"""``ig3d.Predictor``: a preset's pipeline behind two calls, ``predict`` and ``predict_batch``."""
+"""``ig3d.Predictor``: a preset's pipeline (:mod:`ig3d.pipelines`) behind ``predict``, ``predict_batch``
+and ``stream``, with its settings in one :class:`ig3d.PredictorOptions`."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from . import engines
 from .fusion import FusedHead
 from .io import load_image
+from .pipelines.options import PredictorOptions
 from .results import FaceResult
 
 __all__ = ["Predictor"]
 
 log = logging.getLogger("ig3d")
+#: a keyword argument not given (None is a value of min_face_size and smoothing)
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<from options>"})()
 
 
 class Predictor:
@@ -47,55 +51,79 @@ class Predictor:
         threads: shorthand for ``parallel_runs=threads, threads_per_run=threads`` (its meaning
             before those two existed); the two explicit arguments win where given.
         min_face_size: smallest face, in pixels, to look for (default 40). Images more than
-            about ten times that size are also scanned in overlapping tiles (one extra batched
-            detector run); ``None`` skips the tiles when faces are known to be large (VR, a
-            robot's close-up camera), which is faster.
+            14.4x that size are also scanned for small faces (one extra detector run over the whole
+            image); ``None`` skips the scan when faces are known to be large (VR, a robot's close-up
+            camera), which is faster.
+        options: an :class:`ig3d.PredictorOptions` with every setting at once (thresholds, video
+            tracking, which outputs, the runtime). The keyword arguments above, and any other
+            field of it given as a keyword (``max_faces=2``, ``output_landmarks=False``), fill the
+            same fields and win over ``options``; :attr:`options` gives the result back.
 
     ``predict(img)`` returns a list of :class:`FaceResult`, largest face first (empty when there
     is no face); ``predict_batch(images)`` returns one such list per image and runs every face of
     every image through each stage together (see ``threads``).
     """
 
-    def __init__(self, preset: str = "default", backend: str = "auto", device: str = "auto", *,
+    def __init__(self, preset: str = "default", backend: Optional[str] = None, device: Optional[str] = None, *,
+                 options: Optional[PredictorOptions] = None,
                  head: Union[None, str, os.PathLike, FusedHead] = None, threads: Optional[int] = None,
-                 min_face_size: Optional[int] = 40, weights: Optional[dict] = None,
-                 precision: Union[str, Mapping[str, str]] = "fp32", parallel_runs: Optional[int] = None,
-                 threads_per_run: Optional[int] = None):
-        from .pipelines import default as presets, ig3d as ig3d_presets
+                 min_face_size: Optional[int] = _UNSET, weights: Optional[dict] = None,
+                 precision: Union[None, str, Mapping[str, str]] = None, parallel_runs: Optional[int] = None,
+                 threads_per_run: Optional[int] = None, **more_options: Any):
+        from .pipelines import default, ig3d as ig3d_pipelines
+        from .pipelines.execution import Execution
 
-        known = list(presets.PRESETS) + list(ig3d_presets.IG3D_PRESETS)
+        known = list(default.PRESETS) + list(ig3d_pipelines.IG3D_PRESETS)
         if preset not in known:
             raise ValueError(f"preset: expected one of {known}, got {preset!r}")
-        if weights is not None and preset in presets.PRESETS:
+        if weights is not None and preset in default.PRESETS:
             raise ValueError("weights: the default preset is bundled; use head= to replace its 3D head")
-        asked = "bf16" if not isinstance(precision, str) and "bf16" in dict(precision).values() else precision
-        self._backend, self._device = engines.resolve(backend, device, asked)
+        if options is not None and not isinstance(options, PredictorOptions):
+            raise ValueError(f"options: expected an ig3d.PredictorOptions, got {type(options).__name__}")
+        given = {k: v for k, v in (("backend", backend), ("device", device), ("precision", precision),
+                                   ("threads", threads), ("parallel_runs", parallel_runs),
+                                   ("threads_per_run", threads_per_run)) if v is not None}
+        if min_face_size is not _UNSET:
+            given["min_face_size"] = min_face_size
+        #: every setting of this predictor (the keyword arguments given win over ``options``' fields)
+        self._options = (options or PredictorOptions()).replace(**given, **more_options)
+        o = self._options
+        asked = "bf16" if not isinstance(o.precision, str) and "bf16" in dict(o.precision).values() else o.precision
+        self._backend, self._device = engines.resolve(o.backend, o.device, asked)
         if head is not None and not isinstance(head, FusedHead):
             head = FusedHead.load(head)
         from . import kernels
 
         head_device = "cuda" if self._device == "cuda" and kernels.has_cuda() else "cpu"
-        if device == "cuda" and head_device != "cuda":  # asked for: an error, never a quiet CPU head
+        if o.device == "cuda" and head_device != "cuda":  # asked for: an error, never a quiet CPU head
             raise RuntimeError("device='cuda': ig3d's fused head cannot run on CUDA here "
                                f"({kernels.info()['cuda_status']})")
-        faces = presets.DefaultPipeline(backend=self._backend, device=self._device, threads=threads,
-                                        head=head if preset == "default" else None, head_device=head_device,
-                                        min_face_size=min_face_size, precision=precision,
-                                        parallel_runs=parallel_runs, threads_per_run=threads_per_run)
+        # how the runs are spread over the machine: one execution for every stage of the preset
+        self._execution = Execution(backend=self._backend, device=self._device, threads=o.threads,
+                                    parallel_runs=o.parallel_runs, threads_per_run=o.threads_per_run,
+                                    precision=o.precision)
+        common = dict(execution=self._execution, head_device=head_device, min_face_size=o.min_face_size,
+                      min_detection_confidence=o.min_detection_confidence,
+                      min_face_presence_confidence=o.min_face_presence_confidence, outputs=o.outputs)
         if preset == "default":
-            self._pipeline = faces
+            self._pipeline = default.DefaultPipeline(head=head, **common)
         else:
             w = dict(weights or {})
             if head is not None:
                 w["head"] = head
-            self._pipeline = ig3d_presets.Ig3DPipeline(preset, weights=w, backend=self._backend, device=self._device,
-                                                       threads=threads_per_run or threads, head_device=head_device,
-                                                       faces_pipeline=faces, precision=precision)
+            self._pipeline = ig3d_pipelines.Ig3DPipeline(preset, weights=w, **common)
         #: network -> the precision it runs in ("fp32" or "bf16")
-        self._precisions: Dict[str, str] = {**faces.precisions, **getattr(self._pipeline, "precisions", {})}
+        self._precisions: Dict[str, str] = dict(self._execution.precisions)
         self._preset = preset
         log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
                  self._device, head_device)
+
+    @property
+    def options(self) -> PredictorOptions:
+        """The settings this predictor was made with (:class:`ig3d.PredictorOptions`; read-only:
+        ``options.replace(...)`` makes a changed copy for a new Predictor). ``backend`` / ``device``
+        are as asked; :attr:`backend` and :attr:`device` say what "auto" became."""
+        return self._options
 
     @property
     def preset(self) -> str:
@@ -135,17 +163,20 @@ class Predictor:
             raise ValueError("predict_batch: expected a sequence of images (use predict() for one image)")
         return self._open().run([load_image(im, color=color) for im in images])
 
-    def tracker(self, *, max_faces: int = 4, smoothing: Any = "default", detect_every: int = 10,
+    def tracker(self, *, max_faces: Optional[int] = None, smoothing: Any = _UNSET, detect_every: Optional[int] = None,
                 color: str = "rgb", fps: Optional[float] = None):
         """A :class:`ig3d.stream.Tracker` for apps that own their frame loop:
         ``faces = tracker.update(frame, timestamp)`` per frame (timestamps in seconds, increasing),
         ``tracker.reset()`` between sequences. Same arguments and results as :meth:`stream`."""
         from .pipelines.stream import Tracker
 
-        return Tracker(self._live_pipeline(), max_faces=max_faces, smoothing=smoothing, detect_every=detect_every,
-                       color=color, fps=fps)
+        o = self._options
+        return Tracker(self._open(), max_faces=o.max_faces if max_faces is None else max_faces,
+                       smoothing=o.smoothing if smoothing is _UNSET else smoothing,
+                       detect_every=o.detect_every if detect_every is None else detect_every, color=color, fps=fps)
 
-    def stream(self, source: Any, *, max_faces: int = 4, smoothing: Any = "default", detect_every: int = 10,
+    def stream(self, source: Any, *, max_faces: Optional[int] = None, smoothing: Any = _UNSET,
+               detect_every: Optional[int] = None,
                color: str = "rgb", fps: Optional[float] = None, timestamps: Optional[Sequence[float]] = None,
                camera_options: Optional[dict] = None, with_images: bool = False):
         """Faces in every frame of a video file, a camera or an iterable of frames, tracked from
@@ -156,11 +187,12 @@ class Predictor:
             source: a video path or URL (any container and codec FFmpeg reads; needs
                 ``pip install "ig3d[video]"``), a camera (an int index or a device path), or an
                 iterable of frames (numpy arrays, PIL images) or of ``(frame, timestamp)`` pairs.
-            max_faces: most faces tracked at once.
+            max_faces: most faces tracked at once (default: ``options.max_faces``, 4).
             smoothing: ``"default"``, a :class:`ig3d.smoothing.Smoothing`, or ``None`` for each
-                frame's raw outputs.
+                frame's raw outputs (default: ``options.smoothing``).
             detect_every: while fewer than ``max_faces`` faces are tracked, the detectors run
-                every this many frames (and on the first frame, and when a face is lost).
+                every this many frames (and on the first frame, and when a face is lost; default:
+                ``options.detect_every``, 10).
             color: ``"bgr"`` for OpenCV frames.
             fps, timestamps: for iterables without timestamps (default: 30 frames/s).
             camera_options: FFmpeg options for a camera, e.g. ``{"video_size": "1280x720"}``.
@@ -183,16 +215,12 @@ class Predictor:
             raise RuntimeError("this Predictor is closed")
         return self._pipeline
 
-    def _live_pipeline(self):
-        pipeline = self._open()
-        if pipeline is not getattr(pipeline, "faces", pipeline) and not hasattr(pipeline, "results_from_faces"):
-            raise ValueError(f"preset {self._preset!r}: video streams are not available for this preset yet")
-        return pipeline
-
     def close(self) -> None:
         """Release the networks and the worker threads (also at the end of a ``with`` block).
         Later calls raise ``RuntimeError``."""
-        self._pipeline = None
+        if self._pipeline is not None:
+            self._pipeline = None
+            self._execution.close()
 
     def __enter__(self) -> "Predictor":
         return self

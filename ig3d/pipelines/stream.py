@@ -3,9 +3,10 @@
 ``Predictor.stream(source)`` iterates :class:`FrameResult` ``(index, timestamp, faces)`` over a
 video file, a camera or any iterable of frames (:mod:`ig3d.video`); ``Predictor.tracker()`` gives
 the same :class:`Tracker` for apps that own their loop (``faces = tracker.update(frame, t)``).
-Both run the image path's stages (the detectors, the landmark model, blendshapes, head pose, the
-2D network and the fused head of :class:`ig3d.presets.DefaultPipeline`); what differs is where the
-landmark model looks and what happens to its outputs over time.
+Both run the image path's stages of whichever preset the predictor has (the detectors and the
+landmark model, then that preset's own networks through its ``results_from_landmarks``: blendshapes,
+head pose, mini-Xception and the prior head for ``default``; the encoders and their head for the Ig3D
+presets); what differs is where the landmark model looks and what happens to its outputs over time.
 
 Tracking follows MediaPipe's FaceLandmarker in VIDEO mode (google-ai-edge/mediapipe:
 mediapipe/tasks/cc/vision/face_landmarker/face_landmarker_graph.cc and
@@ -140,8 +141,8 @@ class Tracker:
     """Faces tracked over a sequence of frames (the push API: ``faces = tracker.update(frame, t)``).
 
     Args:
-        pipeline: the predictor's pipeline (:class:`ig3d.presets.DefaultPipeline`, or an Ig3D
-            preset's, which reads the tracked faces of its default pipeline).
+        pipeline: the predictor's pipeline (:class:`ig3d.pipelines.base.FacePipeline`: the default
+            preset's or an Ig3D preset's).
         max_faces: most faces tracked at once (default 4). Detections beyond it are ignored,
             highest detector scores first.
         smoothing: ``"default"`` (:class:`ig3d.smoothing.Smoothing` ()), a :class:`Smoothing`,
@@ -163,8 +164,6 @@ class Tracker:
         if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps: expected a positive number of frames per second, got {fps!r}")
         self.pipeline = pipeline
-        #: the default pipeline whose detectors and landmark model run here
-        self.faces_pipeline = getattr(pipeline, "faces", pipeline)
         self.max_faces, self.detect_every = int(max_faces), int(detect_every)
         self.smoothing: Optional[Smoothing] = resolve_smoothing(smoothing)
         self.color, self.fps = color, float(fps) if fps else DEFAULT_FPS
@@ -187,7 +186,7 @@ class Tracker:
     # -----------------------------------------------------------------------------------------
     @staticmethod
     def _new_detections(found, avoid: np.ndarray, room: int):
-        """The frame's detections ``found`` (``DefaultPipeline.detect``'s) that overlap none of the
+        """The frame's detections ``found`` (the pipeline's ``detect``) that overlap none of the
         boxes ``avoid``, at most ``room``, best scores first: (Rois, scores, boxes, mask of those only
         the full-range detector found)."""
         dets, full_only = found
@@ -200,7 +199,7 @@ class Tracker:
     def _landmarks(self, images, rois: lmk.Rois, scores: np.ndarray, refine: np.ndarray):
         """Raw landmarks (image pixels) and presence for ``rois`` (one landmark batch), with the
         second pass for the faces of ``refine``."""
-        pipe = self.faces_pipeline
+        pipe = self.pipeline
         faces = pipe.landmarks_in(images, np.zeros(len(rois), np.int64), rois, scores)
         faces = pipe.refine(images, faces, refine)
         return lmk.landmarks_to_image(faces.landmarks, faces.Minv), faces.presence
@@ -230,7 +229,7 @@ class Tracker:
         # 1. the detectors: first frame, and every detect_every frames while faces are missing
         self._since_detect += 1
         due = self._frames == 0 or (len(tracks) < self.max_faces and self._since_detect >= self.detect_every)
-        found = self.faces_pipeline.detect(images)[0] if due else None
+        found = self.pipeline.detect(images)[0] if due else None
         if due:
             det_rois, det_scores, _, det_refine = self._new_detections(found, prev_boxes, self.max_faces - len(tracks))
         else:
@@ -245,7 +244,8 @@ class Tracker:
         refine = np.concatenate([np.zeros(n_tr, bool), det_refine])
         lm, presence = self._landmarks(images, rois, scores, refine) if len(rois) else (np.zeros((0, 478, 3)),
                                                                                        np.zeros(0))
-        ok = presence >= LANDMARK_MIN_PRESENCE
+        min_presence = getattr(self.pipeline, "min_presence", LANDMARK_MIN_PRESENCE)
+        ok = presence >= min_presence
         boxes = _boxes(lm)
         cands: List[_Candidate] = []
         lost: List[int] = []
@@ -262,13 +262,13 @@ class Tracker:
         #    looked for continues that face's track
         if lost:
             if found is None:
-                found = self.faces_pipeline.detect(images)[0]
+                found = self.pipeline.detect(images)[0]
             avoid = _boxes(np.stack([c.raw for c in cands])) if cands else np.zeros((0, 4))
             d_rois, d_scores, _, d_refine = self._new_detections(found, avoid, self.max_faces - len(cands))
             if len(d_rois):
                 d_lm, d_presence = self._landmarks(images, d_rois, d_scores, d_refine)
                 cands += [_Candidate(d_lm[j], float(d_scores[j])) for j in range(len(d_rois))
-                          if d_presence[j] >= LANDMARK_MIN_PRESENCE]
+                          if d_presence[j] >= min_presence]
             # where each lost face was looked for: its region from the previous landmarks (upright box)
             regions = lmk.rois_from_landmarks(np.stack([tracks[k].raw for k in lost]))
             for i, k in enumerate(lost):
@@ -314,12 +314,9 @@ class Tracker:
         shown = raw if self.smoothing is None else np.stack(
             [tr.smoother.smooth_landmarks(tr.raw, t) for tr in new_tracks]).astype(np.float32)
         n = len(new_tracks)
-        per_face = self.faces_pipeline.results_from_landmarks(
-            [image] * n, np.arange(n), np.array([tr.score for tr in new_tracks], np.float32), shown)
-        for (face,), tr in zip(per_face, new_tracks):
-            face.track_id = tr.id
-        if self.pipeline is not self.faces_pipeline:  # an Ig3D preset reads the tracked faces
-            per_face = self.pipeline.results_from_faces([image] * n, per_face)
+        per_face = self.pipeline.results_from_landmarks(
+            [image] * n, np.arange(n), np.array([tr.score for tr in new_tracks], np.float32), shown,
+            track_ids=[tr.id for tr in new_tracks])
         out = []
         for (face,), tr in zip(per_face, new_tracks):
             if self.smoothing is not None and self.smoothing.scores_time_constant > 0:
