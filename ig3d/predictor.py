@@ -70,7 +70,7 @@ class Predictor:
                  min_face_size: Optional[int] = _UNSET, weights: Optional[dict] = None,
                  precision: Union[None, str, Mapping[str, str]] = None, parallel_runs: Optional[int] = None,
                  threads_per_run: Optional[int] = None, **more_options: Any):
-        from .pipelines import default, ig3d as ig3d_pipelines
+        from .pipelines import default, ig3d_presets as ig3d_pipelines
         from .pipelines.execution import Execution
 
         known = list(default.PRESETS) + list(ig3d_pipelines.IG3D_PRESETS)

@@ -1,6 +1,6 @@
 """The presets as pipelines of stages.
 
-``default`` (:mod:`ig3d.pipelines.default`) and the Ig3D presets (:mod:`ig3d.pipelines.ig3d`) are
+``default`` (:mod:`ig3d.pipelines.default`) and the Ig3D presets (:mod:`ig3d.pipelines.ig3d_presets`) are
 each the shared face stages (:mod:`ig3d.pipelines.base`: detection, landmarks, blendshapes and head
 pose) followed by their own networks (:mod:`ig3d.pipelines.stages`); video tracking
 (:mod:`ig3d.pipelines.stream`) calls the same stages of either on the faces it follows. What the
@@ -18,8 +18,8 @@ from typing import Any
 
 __all__ = ["PRESETS", "IG3D_PRESETS", "DefaultPipeline", "Ig3DPipeline", "PredictorOptions", "asset_path"]
 
-_WHERE = {"PRESETS": "default", "DefaultPipeline": "default", "asset_path": "stages", "IG3D_PRESETS": "ig3d",
-          "Ig3DPipeline": "ig3d", "PredictorOptions": "options"}
+_WHERE = {"PRESETS": "default", "DefaultPipeline": "default", "asset_path": "stages", "IG3D_PRESETS": "ig3d_presets",
+          "Ig3DPipeline": "ig3d_presets", "PredictorOptions": "options"}
 
 
 def __getattr__(name: str) -> Any:

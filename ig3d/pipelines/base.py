@@ -1,7 +1,7 @@
 """What every preset shares: the faces' stages (detection, landmarks, and the 3D read of the
 landmarks) and the path of a call, ``run(images)`` -> faces -> ``results_from_landmarks``.
 
-A preset (:class:`ig3d.pipelines.default.DefaultPipeline`, :class:`ig3d.pipelines.ig3d.Ig3DPipeline`)
+A preset (:class:`ig3d.pipelines.default.DefaultPipeline`, :class:`ig3d.pipelines.ig3d_presets.Ig3DPipeline`)
 adds only its own networks after the landmarks; video tracking (:mod:`ig3d.pipelines.stream`) calls
 :meth:`FacePipeline.detect`, :meth:`FacePipeline.landmarks_in`, :meth:`FacePipeline.refine` and
 :meth:`FacePipeline.results_from_landmarks` of whichever preset it is given.
