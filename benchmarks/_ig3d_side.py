@@ -2,8 +2,8 @@
 
 ``--backend`` and ``--precision`` are passed to the Predictor; ``--min-face-size none`` turns the
 small-face scan off (the "same work" as MediaPipe's FaceLandmarker, which has no such scan), a
-number sets it, and the default leaves the Predictor's default. One image per call with ``Predictor.predict(img)``, several images in one call with
-``Predictor.predict_batch(imgs)``. Started by ``default_pipeline.py`` in a fresh process of the
+number sets it, and the default leaves the Predictor's default. One image per call with
+``Predictor.predict(img)``, several images in one call with ``Predictor.predict_batch(imgs)``. Started by ``default_pipeline.py`` in a fresh process of the
 current interpreter (so its peak RSS is comparable with the MediaPipe side's); see
 ``_bench_common.py`` for the protocol. Exits with status 3 when ``ig3d.Predictor`` is missing.
 """

@@ -24,7 +24,8 @@ side); the sides are timed in alternating rounds, so that the machine's drift hi
 
 Ends with one JSON line: ``backend``, ``precision``, and per encoder and batch
 ``<encoder>_b<batch>_speedup_vs_torch`` = torch eager fp32 time / ig3d time (goal: 2x in fp32, 4x
-in bf16), ``..._one_run_speedup_vs_torch`` the same for the "1 run" column; with bf16 also ``..._torch_bf16_speedup_vs_torch`` (autocast against eager fp32),
+in bf16), ``..._one_run_speedup_vs_torch`` the same for the "1 run" column; with bf16 also
+``..._torch_bf16_speedup_vs_torch`` (autocast against eager fp32),
 ``..._speedup_vs_torch_bf16`` (ig3d against autocast), ``..._bf16_max_rel_change`` and
 ``..._torch_bf16_max_rel_change``.
 
@@ -233,7 +234,8 @@ def main() -> None:
     head = (f"{'encoder':8} {'batch':>5} {'GFLOP/img':>9} {'torch img/s':>11} "
             + (f"{'torch bf16':>10} " if bf16 else "")
             + f"{'1 run img/s':>11} {'ig3d img/s':>10} {'limit img/s':>11} {'ig3d/limit':>10} "
-            + f"{'vs torch':>8} {'goal':>5}" + (f" {'vs t.bf16':>9} {'ig3d chg':>8} {'t.bf16 chg':>10}" if bf16 else ""))
+            + f"{'vs torch':>8} {'goal':>5}"
+            + (f" {'vs t.bf16':>9} {'ig3d chg':>8} {'t.bf16 chg':>10}" if bf16 else ""))
     print(head)
     for name, batch, flops, t, change in rows:
         limit = gemm / flops
