@@ -161,8 +161,9 @@ def resolve(backend: str = "auto", device: str = "auto", precision: str = "fp32"
         if device == "cuda":
             backend = "onnxruntime"
         else:
+            # every runtime has fp32; asking a runtime for its other precisions may import it
             usable = [rt for rt in runtimes() if "cpu" in rt.devices() and rt.exact_cpu
-                      and precision in rt.precisions("cpu")]
+                      and (precision == "fp32" or precision in rt.precisions("cpu"))]
             if not usable:
                 _no_precision(precision, device)
             backend = max(usable, key=lambda rt: rt.auto_rank).name
