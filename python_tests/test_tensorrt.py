@@ -7,7 +7,8 @@ TensorRT and a GPU are not needed: a small stand-in for TensorRT's Python API is
 the host. What is checked: the cache key and file names, reuse, invalidation (every key field,
 truncated, corrupt, mismatched and orphaned engines are rebuilt and never deserialised), atomic
 writes, the profile each input gets, precision flags, batches split over launches, input checks,
-device outputs, the registry and ``ig3d engines build|list|clear``.
+device outputs, the registry and ``ig3d engines build|list|clear``, and the Ig3D presets' encoder outputs
+feeding the fused head on the device (its ``forward_device`` computed on the host by a stand-in).
 """
 
 from __future__ import annotations
@@ -666,3 +667,163 @@ def test_predictor_on_tensorrt_engines_equals_onnxruntime(fake_trt, monkeypatch)
     n_builds = len(builds(fake_trt))
     ig3d.Predictor(backend="tensorrt")  # a second start: every engine from the cache
     assert len(builds(fake_trt)) == n_builds
+
+
+# --- the Ig3D presets: the encoders' device outputs feed the fused head ---------------------------------------
+
+def _standin_encoder(path, size, outputs, seed):
+    """A small ONNX encoder: the image's channel means -> one linear map per output (``outputs``: name -> width)."""
+    onnx = pytest.importorskip("onnx", reason="the stand-in encoders are written with onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"])]
+    inits, outs = [], []
+    for name, width in outputs.items():
+        inits += [numpy_helper.from_array(rng.normal(size=(3, width)).astype(np.float32), f"{name}_w"),
+                  numpy_helper.from_array(rng.normal(size=width).astype(np.float32), f"{name}_b")]
+        nodes.append(helper.make_node("Gemm", ["flat", f"{name}_w", f"{name}_b"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]))
+    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                               ["N", 3, size, size])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+class HeadOnHost:
+    """A fused head's core whose ``forward_device`` reads and writes host memory standing in for the
+    device (the pointers the HostCore hands out): its CPU ``forward`` on the inputs, the outputs packed
+    into one buffer at the offsets it returns, as the CUDA one does. Each call is logged in the core's
+    ``calls`` (so its place among the copies is known)."""
+
+    def __init__(self, head):
+        self.real, self.head = head._core, head
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def forward_device(self, params3d, scores2d, features2d, batch, device, stream):
+        h, core = self.head, ig3d.kernels.core()
+        core.calls.append(("head", batch, stream))
+        p = _host_view(params3d, (batch, h.input_dim)).copy()
+        s = _host_view(scores2d, (batch, h.scores2d_dim)).copy() if scores2d else None
+        f = _host_view(features2d, (batch, h.features2d_dim)).copy() if features2d else None
+        probs, logits, va, out3d = self.real.forward(p, s, f, "cpu", 0)
+        parts = [probs, logits, va, out3d]
+        offsets = np.cumsum([0] + [0 if a is None else a.nbytes for a in parts])[:-1]
+        buf = core.DeviceBuffer(int(sum(a.nbytes for a in parts if a is not None)), device, stream)
+        for a, o in zip(parts, offsets):
+            if a is not None:
+                ctypes.memmove(buf.ptr + int(o), np.ascontiguousarray(a, np.float32).ctypes.data, a.nbytes)
+        return buf, tuple(-1 if a is None else int(o) for a, o in zip(parts, offsets))
+
+
+@pytest.fixture
+def standin_weights(tmp_path):
+    """Stand-in SMIRK (params_full and one FLAME piece), DDAMFN++ and CAGE files, and two heads: DDAMFN++'s
+    (intermediate fusion with the 512-d feature and late fusion with the 8 logits) and CAGE's VA head
+    (late fusion with CAGE's outputs 8 and 9 only)."""
+    _standin_encoder(tmp_path / "smirk.onnx", 224, {"params_full": 358, "expression_params": 50}, 0)
+    _standin_encoder(tmp_path / "ddamfn.onnx", 112, {"logits": 8, "features": 512}, 1)
+    _standin_encoder(tmp_path / "cage.onnx", 224, {"outputs": 10, "features": 512}, 2)
+    rng = np.random.default_rng(3)
+
+    def lin(o, i):
+        return ig3d.Layer(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
+
+    ddamfn_head = ig3d.FusedHead([lin(64, 358), ig3d.Layer(lin(32, 64 + 512).weight, None, "leaky_relu"),
+                                  lin(10, 32)], input_dim=358, num_classes=8, va_index=8, concat_at=1,
+                                 features2d_dim=512, fusion="weighted", scores2d_dim=8, fusion_weights=(0.6, 0.4))
+    cage_head = ig3d.FusedHead([ig3d.Layer(lin(32, 358).weight, None, "leaky_relu"), lin(10, 32)], input_dim=358,
+                               num_classes=8, va_index=8, fusion="weighted", scores2d_dim=2, fusion_map=[8, 9],
+                               fusion_weights=(0.6, 0.4))
+    return tmp_path, {"ddamfn": ddamfn_head, "cage": cage_head}
+
+
+@pytest.mark.parametrize("enc2d, n_images", [("ddamfn", 1), ("ddamfn", 2), ("cage", 1), ("cage", 2)])
+def test_ig3d_preset_on_tensorrt_feeds_the_head_on_the_device(fake_trt, standin_weights, monkeypatch, enc2d,
+                                                              n_images):
+    """An Ig3D preset with backend="tensorrt" and the head on CUDA: the encoders run with ``run_device``,
+    the head gets their DeviceArrays (CAGE's VA columns: a view of a lone face's row, a host slice copied
+    back for several faces) on their stream, the results' host copies come after the head, and the faces
+    equal ONNX Runtime's on the CPU."""
+    d, heads = standin_weights
+    head = heads[enc2d]
+    weights = {"smirk": d / "smirk.onnx", enc2d: d / f"{enc2d}.onnx", "head": head}
+    images = [ig3d.presets.asset_path("astronaut.png")] * n_images
+    ref = ig3d.Predictor(f"ig3d-smirk-{enc2d}", backend="onnxruntime", device="cpu", parallel_runs=1,
+                         weights=weights).predict_batch(images)
+
+    monkeypatch.setattr(ig3d.kernels, "has_cuda", lambda: True)  # the Predictor puts the head on CUDA
+    monkeypatch.setattr(head, "_core", HeadOnHost(head))
+    core = ig3d.kernels.core()
+    seen = []
+    call = ig3d.FusedHead.__call__
+
+    def spy_head(self, *args, **kwargs):
+        seen.append((args, kwargs))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(ig3d.FusedHead, "__call__", spy_head)
+    run_device = trt_rt.TensorRTModel.run_device
+
+    def spy_run_device(self, inputs, *, stream=None):
+        out = run_device(self, inputs, stream=stream)
+        core.calls.append(("run_device", self.name, stream))  # logged once its input crops are on the device
+        return out
+
+    monkeypatch.setattr(trt_rt.TensorRTModel, "run_device", spy_run_device)
+    p = ig3d.Predictor(f"ig3d-smirk-{enc2d}", backend="tensorrt", weights=weights)
+    assert p._pipeline.head_device == "cuda"
+    got = p.predict_batch(images)
+
+    # the head: one call, on DeviceArrays from the encoders, of the widths it fuses, on the encoders' stream
+    ((args, kwargs),) = seen
+    params, scores, feats = args
+    assert all(isinstance(a, dm.DeviceArray) for a in (params, scores))
+    assert params.shape == (n_images, 358) and scores.shape == (n_images, head.scores2d_dim)
+    if enc2d == "ddamfn":
+        assert isinstance(feats, dm.DeviceArray) and feats.shape == (n_images, 512)
+    else:
+        assert feats is None  # the VA head does not take CAGE's feature
+    assert kwargs["device"] == "cuda" and kwargs["stream"] == params.stream == scores.stream
+    # the order on the "device": both encoders, the head, then the host copies; none between the encoders and
+    # the head, except CAGE's 10 scores for several faces (sliced to their VA columns on the host, sent back)
+    events = core.calls[next(i for i, c in enumerate(core.calls) if c[0] == "run_device"):]
+    assert [c[1] for c in events if c[0] == "run_device"] == ["smirk", enc2d]
+    at_head = next(i for i, c in enumerate(events) if c[0] == "head")
+    assert events[at_head] == ("head", n_images, params.stream)
+    last_run = max(i for i, c in enumerate(events) if c[0] == "run_device")
+    between = [c for c in events[last_run:at_head] if c[0] in ("d2h", "h2d")]
+    f32 = 4
+    if enc2d == "cage" and n_images > 1:
+        assert between == [("d2h", n_images * 10 * f32, params.stream), ("h2d", n_images * 2 * f32, params.stream)]
+    else:
+        assert between == []
+    after = [c[1] for c in events[at_head:] if c[0] == "d2h"]
+    # the head's 4 outputs, then SMIRK's two outputs, the 2D scores (unless copied before) and the feature
+    widths = [8, 8, 2, 10, 358, 50] + ([] if enc2d == "cage" and n_images > 1 else [10 if enc2d == "cage" else 8])
+    assert sorted(after) == sorted(n_images * w * f32 for w in widths + [512])
+
+    # the faces equal ONNX Runtime's
+    assert [len(r) for r in got] == [len(r) for r in ref] == [1] * n_images
+    for r, g in zip(ref, got):
+        a, b = r[0], g[0]
+        assert b.label == a.label and b.label_2d == a.label_2d
+        np.testing.assert_allclose(b.params3d, a.params3d, atol=1e-5)
+        np.testing.assert_allclose(b.scores2d_raw, a.scores2d_raw, atol=1e-5)
+        np.testing.assert_allclose(b.features2d, a.features2d, atol=1e-5)
+        np.testing.assert_allclose(b.flame["expression_params"], a.flame["expression_params"], atol=1e-5)
+        np.testing.assert_allclose(list(b.scores.values()), list(a.scores.values()), atol=1e-5)
+        np.testing.assert_allclose(list(b.scores_3d.values()), list(a.scores_3d.values()), atol=1e-5)
+        np.testing.assert_allclose(b.logits_2d, a.logits_2d, atol=1e-5)
+        np.testing.assert_allclose([b.valence, b.arousal], [a.valence, a.arousal], atol=1e-5)
+    # and the fusion is the head's on these very inputs (CAGE: its outputs 8 and 9 fused with the head's V, A)
+    face = got[0][0]
+    want = head._core.real.forward(face.params3d[None].astype(np.float32),
+                                   face.scores2d_raw[None, 8:10] if enc2d == "cage" else face.logits_2d[None],
+                                   face.features2d[None] if enc2d == "ddamfn" else None, "cpu", 0)
+    np.testing.assert_allclose(list(face.scores.values()), want[0][0], atol=1e-6)
+    np.testing.assert_allclose([face.valence, face.arousal], want[2][0], atol=1e-6)

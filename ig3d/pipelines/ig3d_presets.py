@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from ..results import FaceResult
 from .base import FacePipeline, _delegate
 from .execution import Execution
 from .stages import (MIN_FACE_SIZE, Encoders, FaceArrays, HeadStage, Outputs, build_results, by_image_then_size,
-                     encoder_crops, softmax)
+                     device_columns, encoder_crops, softmax, to_device)
 
 __all__ = ["IG3D_PRESETS", "Ig3DPipeline", "BF16_GATED"]
 
@@ -131,14 +131,48 @@ class Ig3DPipeline(FacePipeline):
         """:meth:`ig3d.pipelines.stages.Encoders.runs`."""
         return self.encoders.runs(n)
 
+    def _fed_columns(self, width: int) -> Optional[Tuple[int, int]]:
+        """The columns of the 2D network's ``width`` scores the head late-fuses: None for all of them
+        (or none), else CAGE's logits (0:8) or VA part (8:10)."""
+        k = self.head.scores2d_dim
+        if k == 0 or k == width:
+            return None
+        if self.enc2d_name == "cage" and width == 10 and k in (2, 8):
+            return (8, 10) if k == 2 else (0, 8)
+        raise ValueError(f"head: it late-fuses {k} 2D scores, but {self.enc2d_name} gives {width}")
+
     def _fed_scores(self, raw: np.ndarray) -> np.ndarray:
         """The 2D scores the head late-fuses: all of them, or CAGE's logits / VA part."""
-        k, width = self.head.scores2d_dim, raw.shape[1]
-        if k == 0 or k == width:
-            return raw
-        if self.enc2d_name == "cage" and width == 10 and k in (2, 8):
-            return raw[:, 8:10] if k == 2 else raw[:, :8]
-        raise ValueError(f"head: it late-fuses {k} 2D scores, but {self.enc2d_name} gives {width}")
+        cols = self._fed_columns(raw.shape[1])
+        return raw if cols is None else raw[:, cols[0]:cols[1]]
+
+    def _encoders_and_head(self, images, owner: np.ndarray, lm: np.ndarray, aligned: bool):
+        """Both encoders, then the head: (3D outputs, params3d, 2D scores, 2D features, head output),
+        all on the host. With both encoders on TensorRT and the head on CUDA, the encoders' outputs stay
+        on the device and feed the head on their stream; what the results carry is copied to the host
+        once, after the head (CAGE's scores, when the head takes only some of their columns and there
+        are several faces, are copied before it: see :func:`ig3d.pipelines.stages.device_columns`)."""
+        score_name = Encoders.SCORES[self.enc2d_name]
+        if self.head_stage.device != "cuda" or not self.encoders.on_device(len(lm)):
+            out3d, out2d = self.encoders.run(images, owner, lm, aligned=aligned)
+            params = out3d["params_full"].astype(np.float32)
+            scores2d_raw = out2d[score_name].astype(np.float32)
+            feats = out2d["features"].astype(np.float32)
+            return out3d, params, scores2d_raw, feats, self.head_stage(params, self._fed_scores(scores2d_raw), feats)
+        out3d, out2d = self.encoders.run_device(images, owner, lm, aligned=aligned)
+
+        def f32(a):  # the head reads float32 (an engine's outputs are, unless its ONNX file says otherwise)
+            return a if a.dtype == np.float32 else to_device(a.numpy().astype(np.float32), a)
+        params, raw, feats = f32(out3d["params_full"]), f32(out2d[score_name]), f32(out2d["features"])
+        cols, raw_host, fed = self._fed_columns(raw.shape[1]), None, raw
+        if cols is not None:
+            fed, raw_host = device_columns(raw, *cols)
+        fused = self.head_stage(params, fed, feats, stream=params.stream).to_numpy()
+        # the host copies the results carry, each made once, after the head
+        host3d = {n: a.numpy() for n, a in out3d.items() if n != "params_short"}
+        scores2d_raw = raw_host if raw_host is not None else raw.numpy()
+        feats_host = feats.numpy() if self.outputs.features else None
+        return host3d, host3d["params_full"].astype(np.float32), scores2d_raw, feats_host, fused
 
     def results_from_landmarks(self, images, owner: np.ndarray, scores: np.ndarray, lm: np.ndarray, *,
                                aligned: bool = False,
@@ -154,17 +188,13 @@ class Ig3DPipeline(FacePipeline):
         owner, scores, lm = np.asarray(owner)[order], np.asarray(scores)[order], lm[order]
         track_ids = [track_ids[k] for k in order] if track_ids is not None else None
         geometry = self.geometry.start(lm) if self.geometry is not None else None  # beside the encoders
-        out3d, out2d = self.encoders.run(images, owner, lm, aligned=aligned)
+        out3d, params, scores2d_raw, feats, fused = self._encoders_and_head(images, owner, lm, aligned)
         bs, angles = geometry.result() if geometry is not None else (None, None)
-        params = out3d["params_full"].astype(np.float32)
-        scores2d_raw = out2d[Encoders.SCORES[self.enc2d_name]].astype(np.float32)
-        feats = out2d["features"].astype(np.float32)
         h = self.head
         # the 2D network's class logits (CAGE's combined model: 8 logits, then V, A)
         width = scores2d_raw.shape[1]
         cls2d = scores2d_raw[:, :8] if self.enc2d_name == "cage" and width == 10 else (
             scores2d_raw if self.enc2d_name == "ddamfn" else None)
-        fused = self.head_stage(params, self._fed_scores(scores2d_raw), feats)
         C = h.num_classes
         logits_3d = fused.out3d[:, :C]
         # the 2D branch alone, in the head's label order: through the head's fusion_map when the head

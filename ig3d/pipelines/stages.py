@@ -6,7 +6,8 @@
   second pass (:meth:`Landmarks.refine`); video tracking calls it on regions from the previous frame;
 * :class:`FaceGeometry`: the 3D read of the landmarks (the 52 blendshapes and the head pose);
 * :class:`FerBranch`: the default preset's 2D branch (a gray 64x64 crop, mini-Xception);
-* :class:`Encoders`: the Ig3D presets' crops (each encoder's own convention) and 3D / 2D networks;
+* :class:`Encoders`: the Ig3D presets' crops (each encoder's own convention) and 3D / 2D networks (on
+  TensorRT, :meth:`Encoders.run_device` leaves their outputs on the device for the head);
 * :class:`HeadStage`: the fused head (:class:`ig3d.FusedHead`, one C++ call for every face);
 * :func:`build_results`: the one place where :class:`ig3d.FaceResult` objects are made, from arrays.
 
@@ -33,7 +34,8 @@ from .execution import Execution
 from .options import MIN_FACE_SIZE, Outputs
 
 __all__ = ["Detection", "Landmarks", "FaceGeometry", "FerBranch", "Encoders", "HeadStage", "Faces", "Started",
-           "FaceArrays", "Outputs", "build_results", "asset_path", "encoder_crops"]
+           "FaceArrays", "Outputs", "build_results", "asset_path", "encoder_crops", "to_device",
+           "device_columns"]
 
 MERGE_IOU = 0.3
 #: a detection with more than this share of its box inside a larger detection's box is dropped
@@ -596,6 +598,58 @@ class Encoders:
         out2d = workers.run(self.enc2d.for_items(runs), items, self._cropper(images, self.enc2d_name, aligned))
         return pending3d.result(), out2d
 
+    def on_device(self, n: int) -> bool:
+        """Whether both encoders' runs for ``n`` faces can leave their outputs on the device (each is a
+        batched run of a model with ``run_device``, as TensorRT engines are; never on CPU workers)."""
+        if self.execution.parallel:
+            return False
+        return all(callable(getattr(m.for_items(self.runs(n)), "run_device", None)) for m in (self.enc3d, self.enc2d))
+
+    def run_device(self, images, owner: np.ndarray, lm: np.ndarray, *, aligned: bool = False,
+                   stream: Optional[int] = None) -> Tuple[Dict[str, object], Dict[str, object]]:
+        """:meth:`run` with the outputs left on the device (:class:`ig3d.device.DeviceArray`, name ->
+        ``[N, ...]``), for the fused head to read in place (see :meth:`on_device`). The crops are made on
+        the host; both encoders run on one stream (``stream``, default: the 3D run's, the default
+        stream for host crops), the 2D crops are made while the 3D engine runs."""
+        items = list(zip(owner, lm))
+        runs = self.runs(len(items))
+        x3d = self._cropper(images, self.enc3d_name, aligned)(items)
+        out3d = self.enc3d.for_items(runs).run_device(x3d, stream=stream)
+        s = next(iter(out3d.values())).stream if stream is None else stream
+        x2d = self._cropper(images, self.enc2d_name, aligned)(items)
+        return out3d, self.enc2d.for_items(runs).run_device(x2d, stream=s)
+
+
+def to_device(host: np.ndarray, like) -> object:
+    """``host`` copied to a new :class:`ig3d.device.DeviceArray` on the device and stream of the device
+    array ``like`` (queued on that stream, after the work already there)."""
+    from .. import kernels
+    from ..device import DeviceArray
+
+    host = np.ascontiguousarray(host)
+    core = kernels.core()
+    buf = core.DeviceBuffer(max(host.nbytes, 1), like.device, like.stream)
+    if host.nbytes:
+        core.copy_to_device(buf.ptr, host, like.device, like.stream)
+    return DeviceArray(buf, 0, host.shape, host.dtype, like.device, like.stream, keep=host)
+
+
+def device_columns(a, start: int, stop: int) -> Tuple[object, Optional[np.ndarray]]:
+    """Columns ``start:stop`` of the ``[N, W]`` device array ``a`` as a C-contiguous device array, and
+    the host copy of ``a`` when one was made. A :class:`ig3d.device.DeviceArray` is C-contiguous, so a
+    column slice is one only for a single row: then a view of ``a`` (no copy); otherwise ``a`` is
+    copied to the host, sliced there and the slice copied back on ``a``'s stream (ig3d's core has no
+    device-to-device copy)."""
+    from ..device import DeviceArray
+
+    n, width = a.shape
+    if not 0 <= start <= stop <= width:
+        raise ValueError(f"columns {start}:{stop} lie outside an array of width {width}")
+    if n <= 1:
+        return DeviceArray(a, start * a.dtype.itemsize, (n, stop - start), a.dtype, a.device, a.stream, keep=a), None
+    host = a.numpy()
+    return to_device(host[:, start:stop], a), host
+
 
 class HeadStage:
     """The fused head: normalisation, the 3D head, fusion with the 2D scores or features, softmax,
@@ -605,10 +659,15 @@ class HeadStage:
         self.execution, self.head, self.device = execution, head, device
 
     def __call__(self, params3d: np.ndarray, scores2d: Optional[np.ndarray] = None,
-                 features2d: Optional[np.ndarray] = None) -> FusedOutput:
-        """The head on ``N`` faces; 2D scores / features the head does not take are not passed."""
-        return self.head(params3d, scores2d if self.head.scores2d_dim else None,
-                         features2d if self.head.features2d_dim else None, device=self.device,
+                 features2d: Optional[np.ndarray] = None, *, stream: Optional[int] = None) -> FusedOutput:
+        """The head on ``N`` faces; 2D scores / features the head does not take are not passed. Device
+        arrays (an encoder's :meth:`Encoders.run_device` outputs) run as one launch on ``stream`` and
+        give device outputs (``FusedOutput.to_numpy()``); ``stream`` is for device inputs only."""
+        scores2d = scores2d if self.head.scores2d_dim else None
+        features2d = features2d if self.head.features2d_dim else None
+        if stream is not None:
+            return self.head(params3d, scores2d, features2d, device=self.device, stream=stream)
+        return self.head(params3d, scores2d, features2d, device=self.device,
                          threads=1 if self.execution.parallel else None)
 
 
