@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ pytest.importorskip("torch", reason="ig3d train needs torch (pip install 'ig3d[t
 
 
 def _ig3d(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "ig3d", *map(str, args)], capture_output=True, text=True, timeout=600)
+    # run outside the checkout, so that `-m ig3d` finds the installed package, not the source folder
+    r = subprocess.run([sys.executable, "-m", "ig3d", *map(str, args)], capture_output=True, text=True, timeout=600,
+                       cwd=tempfile.gettempdir())
     if check and r.returncode != 0:
         raise AssertionError(f"ig3d {' '.join(map(str, args))} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r
