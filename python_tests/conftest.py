@@ -62,3 +62,41 @@ def torch_one_thread():
     """:func:`one_torch_thread` for a whole test module (``pytestmark = usefixtures(...)``)."""
     with one_torch_thread():
         yield
+
+
+def write_standin_encoder(path, size: int, outputs: dict, seed: int) -> None:
+    """A tiny ONNX stand-in encoder (no torch): the image's channel means (global average pool, 3
+    values) -> one random linear map per output (``outputs``: name -> width), batch dimension ``N``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"])]
+    inits, outs = [], []
+    for name, width in outputs.items():
+        inits += [numpy_helper.from_array(rng.normal(size=(3, width)).astype(np.float32), f"{name}_w"),
+                  numpy_helper.from_array(rng.normal(size=width).astype(np.float32), f"{name}_b")]
+        nodes.append(helper.make_node("Gemm", ["flat", f"{name}_w", f"{name}_b"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]))
+    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                               ["N", 3, size, size])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def calibrate_bn(model, x) -> None:
+    """Random init leaves BatchNorm statistics at 0/1: set them from ``x`` (one pass in train mode,
+    cumulative averages) so that the outputs depend on the input; the model ends in eval mode."""
+    import torch
+
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model(x)
+    model.eval()

@@ -6,25 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import one_torch_thread
+from conftest import calibrate_bn, one_torch_thread
 
 import ig3d
 from ig3d.labels import AFFECTNET8_LABELS
 
 torch = pytest.importorskip("torch", reason="building the synthetic encoders needs torch (pip install 'ig3d[torch]')")
 pytest.importorskip("onnx", reason="ONNX export needs onnx")
-
-
-def _calibrate_bn(model, x):
-    """Random init leaves BN statistics at 0/1; set them from data so outputs depend on the input."""
-    model.train()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model(x)
-    model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +26,10 @@ def weights(tmp_path_factory):
     torch.manual_seed(0)
     with one_torch_thread():
         smirk = SmirkEncoder()
-        _calibrate_bn(smirk, torch.rand(4, 3, 224, 224))
+        calibrate_bn(smirk, torch.rand(4, 3, 224, 224))
         export_smirk_onnx(smirk, d / "smirk.onnx")
         ddamfn = DDAMNet(num_classes=8)
-        _calibrate_bn(ddamfn, torch.randn(4, 3, 112, 112))
+        calibrate_bn(ddamfn, torch.randn(4, 3, 112, 112))
         export_ddamfn_onnx(ddamfn, d / "ddamfn.onnx")
     rng = np.random.default_rng(0)
 
@@ -133,7 +121,7 @@ def emoca_weights(weights):
     torch.manual_seed(1)
     with one_torch_thread():
         model = EmocaEncoders()
-        _calibrate_bn(model, torch.rand(2, 3, 224, 224))
+        calibrate_bn(model, torch.rand(2, 3, 224, 224))
         export_emoca_onnx(model, weights / "emoca.onnx")
     rng = np.random.default_rng(1)
     from ig3d.models.ig3d_heads import MLP4
@@ -171,7 +159,7 @@ def test_emoca_cage_preset_fuses_valence_arousal(emoca_weights, faces):
     torch.manual_seed(2)
     with one_torch_thread():
         cage = CageNet("combined")
-        _calibrate_bn(cage, torch.randn(2, 3, 224, 224))
+        calibrate_bn(cage, torch.randn(2, 3, 224, 224))
         export_cage_onnx(cage, d / "cage.onnx")
     late_fusion_head(MLP4(156).eval(), "affectnet_va", "emoca").save(d / "va_head.npz")
     p = ig3d.Predictor("ig3d-emoca-cage", weights={"emoca": d, "cage": d, "head": d / "va_head.npz"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_standin_encoder
 
 import ig3d
 from ig3d import fusion
@@ -16,31 +17,11 @@ from ig3d.pipelines.options import Outputs
 onnx = pytest.importorskip("onnx", reason="the tiny stand-in encoders are written with onnx")
 
 
-def _encoder(path, size: int, outputs: dict, seed: int) -> None:
-    """An ONNX stand-in encoder: global mean of the image (3 values) -> one linear map per output."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"])]
-    inits, outs = [], []
-    for name, width in outputs.items():
-        inits += [numpy_helper.from_array(rng.normal(size=(3, width)).astype(np.float32), f"{name}_w"),
-                  numpy_helper.from_array(rng.normal(size=width).astype(np.float32), f"{name}_b")]
-        nodes.append(helper.make_node("Gemm", ["flat", f"{name}_w", f"{name}_b"], [name]))
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]))
-    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                               ["N", 3, size, size])], outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     d = tmp_path_factory.mktemp("standin")
-    _encoder(d / "smirk.onnx", 224, {"params_full": 358}, 0)
-    _encoder(d / "ddamfn.onnx", 112, {"logits": 8, "features": 512}, 1)
+    write_standin_encoder(d / "smirk.onnx", 224, {"params_full": 358}, 0)
+    write_standin_encoder(d / "ddamfn.onnx", 112, {"logits": 8, "features": 512}, 1)
     rng = np.random.default_rng(2)
     head = ig3d.FusedHead([ig3d.Layer(rng.normal(size=(10, 358)) / 20, rng.normal(size=10) * 0.1)], input_dim=358,
                           num_classes=8, va_index=8, fusion="weighted", scores2d_dim=8, fusion_weights=(0.6, 0.4))

@@ -23,6 +23,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import write_standin_encoder
 
 import ig3d
 from ig3d import engines
@@ -671,27 +672,6 @@ def test_predictor_on_tensorrt_engines_equals_onnxruntime(fake_trt, monkeypatch)
 
 # --- the Ig3D presets: the encoders' device outputs feed the fused head ---------------------------------------
 
-def _standin_encoder(path, size, outputs, seed):
-    """A small ONNX encoder: the image's channel means -> one linear map per output (``outputs``: name -> width)."""
-    onnx = pytest.importorskip("onnx", reason="the stand-in encoders are written with onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"])]
-    inits, outs = [], []
-    for name, width in outputs.items():
-        inits += [numpy_helper.from_array(rng.normal(size=(3, width)).astype(np.float32), f"{name}_w"),
-                  numpy_helper.from_array(rng.normal(size=width).astype(np.float32), f"{name}_b")]
-        nodes.append(helper.make_node("Gemm", ["flat", f"{name}_w", f"{name}_b"], [name]))
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]))
-    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                               ["N", 3, size, size])], outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
 class HeadOnHost:
     """A fused head's core whose ``forward_device`` reads and writes host memory standing in for the
     device (the pointers the HostCore hands out): its CPU ``forward`` on the inputs, the outputs packed
@@ -725,9 +705,10 @@ def standin_weights(tmp_path):
     """Stand-in SMIRK (params_full and one FLAME piece), DDAMFN++ and CAGE files, and two heads: DDAMFN++'s
     (intermediate fusion with the 512-d feature and late fusion with the 8 logits) and CAGE's VA head
     (late fusion with CAGE's outputs 8 and 9 only)."""
-    _standin_encoder(tmp_path / "smirk.onnx", 224, {"params_full": 358, "expression_params": 50}, 0)
-    _standin_encoder(tmp_path / "ddamfn.onnx", 112, {"logits": 8, "features": 512}, 1)
-    _standin_encoder(tmp_path / "cage.onnx", 224, {"outputs": 10, "features": 512}, 2)
+    pytest.importorskip("onnx", reason="the stand-in encoders are written with onnx")
+    write_standin_encoder(tmp_path / "smirk.onnx", 224, {"params_full": 358, "expression_params": 50}, 0)
+    write_standin_encoder(tmp_path / "ddamfn.onnx", 112, {"logits": 8, "features": 512}, 1)
+    write_standin_encoder(tmp_path / "cage.onnx", 224, {"outputs": 10, "features": 512}, 2)
     rng = np.random.default_rng(3)
 
     def lin(o, i):
