@@ -10,9 +10,8 @@ from typing import Callable, List, NamedTuple
 
 import numpy as np
 
-from ig3d import FusedHead
 from ig3d.fusion import ACTIVATIONS, FUSION_MODES
-from test_fused_head import BATCHES, inputs, rand_layer, random_head
+from test_fused_head import BATCHES, ig3d_sized_head, inputs, random_head
 
 
 class Case(NamedTuple):
@@ -48,14 +47,7 @@ def _residual(B):
 def _ig3d(B):
     def build():
         rng = np.random.default_rng(358)
-        layers, n = [], 358
-        for _ in range(4):
-            layers.append(rand_layer(rng, n, 2048, "leaky_relu"))
-            layers[-1].slope = 0.2
-            n = 2048
-        layers.append(rand_layer(rng, n, 10))
-        head = FusedHead(layers, input_dim=358, num_classes=8, va_index=8, fusion="weighted", scores2d_dim=8,
-                         fusion_weights=(0.77, 0.23))
+        head = ig3d_sized_head(rng)
         p, s, _ = inputs(rng, head, B)
         return head, p, s, None
     return build
