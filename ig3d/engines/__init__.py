@@ -313,6 +313,11 @@ class Workers:
     def parallel(self) -> bool:
         return self._pool is not None
 
+    def close(self) -> None:
+        """Stop the worker threads (runs already going finish); later parallel runs fail."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
     def start(self, model: Model, items, prep=None) -> Pending:
         """Begin running ``model`` over ``items`` (at least one): an array batch, or any sequence
         that ``prep`` turns into the model's input batch (``prep(items[i:i + 1])`` per run on the

@@ -91,6 +91,4 @@ class Execution:
     def close(self) -> None:
         """Stop the worker threads (runs already going finish); later runs through this execution
         fail. Called by ``Predictor.close()``."""
-        pool = getattr(self.workers, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        self.workers.close()
