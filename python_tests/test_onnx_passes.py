@@ -15,7 +15,8 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime runs the graphs bef
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from ig3d.convert.onnx_passes import expand_prelu, merge_mixed_depthwise, spatial_means_as_conv  # noqa: E402
+from ig3d.convert.onnx_passes import (expand_prelu, fuse_layer_norm, merge_mixed_depthwise,  # noqa: E402
+                                      spatial_means_as_conv)
 
 RNG = np.random.default_rng(7)
 
@@ -61,6 +62,65 @@ def test_expand_prelu(hi):
     assert "PRelu" not in ops and ops.count("Relu") == 1
     relu_first = ops.index("Relu") < ops.index("Mul")
     assert relu_first == (hi > 1)
+
+
+def _tflite_layer_norm(x="x", y="y", *, axis=3, gamma_shape=(1, 1, 1, 16), eps=1.013279e-06):
+    """A layer norm spelled out as TFLite's converter writes it (MediaPipe's blendshape model):
+    mean, squared difference, mean, + eps, sqrt, reciprocal, * gamma, x * g + (-mean) * g."""
+    nodes = [
+        helper.make_node("ReduceMean", [x], ["mean"], axes=[axis], keepdims=1),
+        helper.make_node("Neg", ["mean"], ["neg"]),
+        helper.make_node("Sub", [x, "mean"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["var"], axes=[axis], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Reciprocal", ["sd"], ["rs"]),
+        helper.make_node("Mul", ["rs", "gamma"], ["g"]),
+        helper.make_node("Mul", [x, "g"], ["xg"]),
+        helper.make_node("Mul", ["neg", "g"], ["ng"]),
+        helper.make_node("Add", ["xg", "ng"], [y]),
+    ]
+    inits = [("eps", np.array([eps])), ("gamma", RNG.uniform(0.5, 2.0, gamma_shape))]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("axis", [3, -1])
+def test_fuse_layer_norm(axis):
+    nodes, inits = _tflite_layer_norm(axis=axis)
+    m = _model(nodes, [1, 7, 16], inits)
+    out = _check(m, fuse_layer_norm, [1, 7, 16], tol=1e-5)
+    assert _ops(out) == ["LayerNormalization"]
+    assert {t.name for t in out.graph.initializer}.isdisjoint({"eps", "gamma"})  # unused ones removed
+
+
+@pytest.mark.parametrize("odd", ["leak", "gamma_on_other_axis", "not_last_axis", "rank_5"])
+def test_fuse_layer_norm_leaves_lookalikes(odd):
+    if odd == "leak":  # the variance is also a graph output
+        nodes, inits = _tflite_layer_norm()
+        m = _model(nodes, [1, 7, 16], inits)
+        m.graph.output.append(helper.make_tensor_value_info("var", TensorProto.FLOAT, None))
+    elif odd == "rank_5":  # axis 3 of a rank-5 input is not its last axis
+        nodes, inits = _tflite_layer_norm(gamma_shape=(1, 1, 1, 7, 1))
+        m = _model(nodes, [1, 2, 7, 16], inits, out_rank=5)
+    elif odd == "gamma_on_other_axis":  # gamma varies over the rows: not a LayerNormalization scale
+        nodes, inits = _tflite_layer_norm(gamma_shape=(1, 1, 7, 1))
+        m = _model(nodes, [1, 7, 16], inits)
+    else:  # normalised over axis 2 of a rank-4 tensor: LayerNormalization's axis means "and after"
+        nodes, inits = _tflite_layer_norm(axis=2, gamma_shape=(1, 1, 7, 1))
+        m = _model(nodes, [1, 7, 16], inits)
+    before = _ops(m)
+    out = fuse_layer_norm(onnx.load_from_string(m.SerializeToString()))
+    assert _ops(out) == before
+
+
+def test_fuse_layer_norm_on_the_blendshape_model():
+    """The bundled blendshape model (built with this pass) has its eight layer norms fused and none
+    of the spelled-out ones left."""
+    from ig3d.pipelines.default import asset_path
+
+    ops = _ops(onnx.load(str(asset_path("face_blendshapes.onnx"))))
+    assert ops.count("LayerNormalization") == 8 and "Reciprocal" not in ops
 
 
 def _mixed(kernels, splits, stride=1, bias_on=None, dilation_on=None):

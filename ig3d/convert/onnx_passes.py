@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["expand_prelu", "merge_mixed_depthwise", "spatial_means_as_conv"]
+__all__ = ["expand_prelu", "fuse_layer_norm", "merge_mixed_depthwise", "spatial_means_as_conv"]
 
 
 def expand_prelu(model):
@@ -57,6 +57,136 @@ def expand_prelu(model):
         n_new += 1
     del g.node[:]
     g.node.extend(nodes)
+    return model
+
+
+def fuse_layer_norm(model):
+    """Rewrite every layer normalisation that TFLite spells out in primitive ops (MediaPipe's
+    blendshape model, an MLP-Mixer, has eight)::
+
+        mean = ReduceMean(x, axes=[a]); d = Sub(x, mean); var = ReduceMean(Mul(d, d), axes=[a])
+        g = Mul(Reciprocal(Sqrt(Add(var, eps))), gamma)
+        y = Add(Mul(x, g), Mul(Neg(mean), g))
+
+    as one ``LayerNormalization(x, gamma, 0, axis=a, epsilon=eps)`` (opset 17), where ``a`` is
+    the last axis, ``eps`` a scalar initializer and ``gamma`` an initializer that varies along
+    that axis only. The same function, float32 rounding apart (measured on the blendshape
+    model: 1.3e-6). Why: eleven small ops per normalisation become one kernel (the blendshape
+    model on one core: 0.95 -> 0.66 ms). Patterns whose intermediate values are used elsewhere,
+    or that differ in any of these points, are left alone. Returns the model (modified in
+    place; initializers no node reads any more are removed)."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    g = model.graph
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
+        return model
+    inits = {t.name: t for t in g.initializer}
+    try:  # the rank of every value shape inference can tell (the normalised axis must be the last)
+        inferred = shape_inference.infer_shapes(model).graph
+        rank = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(inferred.input)
+                if v.type.tensor_type.HasField("shape")}
+    except Exception:  # noqa: BLE001 - without shapes only axis -1 is known to be the last
+        rank = {}
+    prod = {o: n for n in g.node for o in n.output}
+    users = {}
+    for n in g.node:
+        for i in dict.fromkeys(n.input):  # a node reading a value twice (Mul(d, d)) is one user
+            users.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def only(name, n_users):
+        """``name`` is read by exactly this many nodes and is no graph output."""
+        return name not in outputs and len(users.get(name, [])) == n_users
+
+    def const(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def axes_of(node):
+        a = [list(x.ints) for x in node.attribute if x.name == "axes"]
+        keep = [x.i for x in node.attribute if x.name == "keepdims"]
+        return (a[0] if a and len(node.input) == 1 else None), (keep[0] if keep else 1)
+
+    def other(node, name):
+        """The input of a two-input node that is not ``name`` (None when both or neither are)."""
+        ins = list(node.input)
+        return ins[1 - ins.index(name)] if len(ins) == 2 and ins.count(name) == 1 else None
+
+    replace, dead = {}, set()
+    for rec in g.node:
+        if rec.op_type != "Reciprocal":
+            continue
+        try:
+            sqrt = prod[rec.input[0]]
+            add_eps = prod[sqrt.input[0]]
+            var_name = next(i for i in add_eps.input if i in prod)
+            eps = const(other(add_eps, var_name))
+            var = prod[var_name]
+            sq = prod[var.input[0]]
+            d_name = sq.input[0]
+            sub = prod[d_name]
+            x, mean_name = sub.input
+            mean = prod[mean_name]
+        except (KeyError, StopIteration, ValueError, IndexError):
+            continue
+        if (sqrt.op_type, add_eps.op_type, var.op_type, sq.op_type, sub.op_type, mean.op_type) != (
+                "Sqrt", "Add", "ReduceMean", "Mul", "Sub", "ReduceMean") or list(sq.input) != [d_name, d_name]:
+            continue
+        if mean.input[0] != x or eps is None or eps.size != 1:
+            continue
+        (ax_m, keep_m), (ax_v, keep_v) = axes_of(mean), axes_of(var)
+        if ax_m is None or ax_m != ax_v or len(ax_m) != 1 or not keep_m or not keep_v:
+            continue
+        scale = users.get(rec.output[0], [])
+        if len(scale) != 1 or scale[0].op_type != "Mul":
+            continue
+        scale = scale[0]
+        gamma_name = other(scale, rec.output[0])
+        gamma = const(gamma_name) if gamma_name else None
+        negs = [u for u in users.get(mean_name, []) if u.op_type == "Neg"]
+        muls = users.get(scale.output[0], [])
+        if gamma is None or len(negs) != 1 or len(muls) != 2 or any(m.op_type != "Mul" for m in muls):
+            continue
+        neg = negs[0]
+        mx = [m for m in muls if other(m, scale.output[0]) == x]
+        mn = [m for m in muls if other(m, scale.output[0]) == neg.output[0]]
+        if len(mx) != 1 or len(mn) != 1:
+            continue
+        fin = users.get(mx[0].output[0], [])
+        if len(fin) != 1 or fin[0].op_type != "Add" or sorted(fin[0].input) != sorted(
+                [mx[0].output[0], mn[0].output[0]]):
+            continue
+        fin = fin[0]
+        # every intermediate value is used only inside the pattern
+        if not (only(mean_name, 2) and only(d_name, 1) and only(sq.output[0], 1) and only(var_name, 1)
+                and only(add_eps.output[0], 1) and only(sqrt.output[0], 1) and only(rec.output[0], 1)
+                and only(scale.output[0], 2) and only(neg.output[0], 1) and only(mx[0].output[0], 1)
+                and only(mn[0].output[0], 1)):
+            continue
+        # the normalised axis is the last one, and gamma varies along it only
+        axis = ax_m[0]
+        if axis != -1 and axis != rank.get(x, 0) - 1:
+            continue
+        if gamma.ndim and gamma.size != gamma.shape[-1]:
+            continue
+        if gamma.size == 1:
+            continue  # the width of the axis is not known here: leave it
+        k = len(replace)
+        base = f"{fin.name or fin.output[0]}__layernorm{k}"
+        g.initializer.extend([numpy_helper.from_array(gamma.reshape(-1).astype(np.float32), base + "_scale"),
+                              numpy_helper.from_array(np.zeros(gamma.size, np.float32), base + "_bias")])
+        replace[id(fin)] = helper.make_node("LayerNormalization", [x, base + "_scale", base + "_bias"],
+                                            [fin.output[0]], name=base, axis=int(axis),
+                                            epsilon=float(eps.reshape(-1)[0]))
+        dead.update(id(n) for n in (mean, sub, sq, var, add_eps, sqrt, rec, scale, neg, mx[0], mn[0]))
+    if not replace:
+        return model
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in dead]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
     return model
 
 

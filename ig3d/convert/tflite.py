@@ -70,7 +70,7 @@ onnx = require("onnx", "convert", "the TFLite converter")
 from flatbuffers.table import Table  # noqa: E402  (after the checks above)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from .onnx_passes import expand_prelu  # noqa: E402
+from .onnx_passes import expand_prelu, fuse_layer_norm  # noqa: E402
 
 __all__ = [
     "OPSET",
@@ -1230,6 +1230,7 @@ def convert_tflite(
         meta["input_std"] = ",".join(f"{s:g}" for s in norm[1])
     helper.set_model_props(onnx_model, meta)
     expand_prelu(onnx_model)
+    fuse_layer_norm(onnx_model)
     onnx.checker.check_model(onnx_model, full_check=True)
     return onnx_model
 
