@@ -3,11 +3,14 @@ model on its faces, on the same decoded frames.
 
 Sides (each in its own process, both alive at once and taking turns pass by pass):
 
-* ig3d: a :class:`ig3d.stream.Tracker` (what ``Predictor.stream`` runs per frame) fed the decoded
-  frames and their timestamps, in two settings: ``max_faces=1`` (MediaPipe's default
-  ``num_faces=1``: the detectors run on the first frame only while the face stays tracked) and
-  ig3d's default ``max_faces=4`` (the detectors also run every 10th frame while fewer than 4 faces
-  are tracked). Smoothing on (the default).
+* ig3d: ``Predictor.stream`` over the decoded frames and their timestamps (an iterable source, a
+  fresh stream per pass), in three settings: ``Predictor()`` (``backend="auto"``: the landmark model
+  on OpenVINO when it is installed, as ``ig3d[video]`` installs it, the other networks on ONNX
+  Runtime) with ``max_faces=1`` (MediaPipe's default ``num_faces=1``: the detectors run on the
+  first frame only while the face stays tracked) and with ig3d's default ``max_faces=4`` (the
+  detectors also run every 10th frame while fewer than 4 faces are tracked); and
+  ``Predictor(backend="onnxruntime")`` with ``max_faces=1`` (ig3d without OpenVINO). Smoothing on
+  (the default).
 * MediaPipe + FER: ``FaceLandmarker`` (tasks API, ``RunningMode.VIDEO``, ``num_faces=1``,
   blendshapes on; its One Euro smoothing is on in this mode) through ``detect_for_video`` with the
   frames' timestamps in ms, then for its face the landmark bounding box, gray, resized to 64x64 with
@@ -18,8 +21,8 @@ Sides (each in its own process, both alive at once and taking turns pass by pass
 
 Frames: the shared video ``single_face.mp4`` (72 frames, 640x360, 30 frames/s, one face;
 ``$IG3D_FACES_DIR`` or ``<repo>/../shared/data/faces``), decoded once by this process with PyAV
-and handed to both sides as the same arrays. Per frame the time of one ``update`` (ig3d) or of
-``detect_for_video`` + the FER crop and run (MediaPipe) is recorded; a pass over the 72 frames
+and handed to both sides as the same arrays. Per frame the time of the stream's ``next()`` (ig3d)
+or of ``detect_for_video`` + the FER crop and run (MediaPipe) is recorded; a pass over the 72 frames
 gives frames/s (72 / the sum). Each side makes one warm-up pass per setting, then the parent asks
 for ``--passes`` timed passes of every side and setting in turn (a fresh tracker / landmarker each,
 built outside the timing; the other worker waits meanwhile), so that the shared machine's drift
@@ -32,8 +35,8 @@ its own Gaussian pixel noise (sigma 4 of 255): mean frame-to-frame movement of t
 (``smoothing=None``) and MediaPipe (VIDEO mode, its own smoothing).
 
 Ends with one JSON line: ``fps_speedup_vs_mediapipe`` (ig3d ``max_faces=1`` frames/s over
-MediaPipe+FER's), ``p50_latency_ms`` and ``p99_latency_ms`` (ig3d ``max_faces=1``), and the rest of
-the numbers. Speedups are null when a side could not run; the exit status is then 1.
+MediaPipe+FER's), ``p50_latency_ms`` and ``p99_latency_ms`` (ig3d ``max_faces=1``),
+``fps_speedup_onnxruntime_only`` (the same without OpenVINO), and the rest of the numbers. Speedups are null when a side could not run; the exit status is then 1.
 
 Run: python benchmarks/video.py [--mediapipe-python .venv-mediapipe/bin/python] [--passes 8]
 """
@@ -86,28 +89,41 @@ def one_pass(step, frames: np.ndarray, ts: np.ndarray) -> Tuple[List[float], lis
 
 
 class Ig3dSide:
-    """ig3d: a tracker per pass (``Predictor.stream``'s per-frame work); labels per frame."""
+    """ig3d: ``Predictor.stream`` over the decoded frames (with their timestamps), a fresh stream per
+    pass; labels per frame. Settings: the default ``Predictor()`` (``backend="auto"``: the landmark
+    model on OpenVINO when it is installed, the rest on ONNX Runtime) with ``max_faces=1`` and 4, and
+    ``Predictor(backend="onnxruntime")`` (every network on ONNX Runtime: ig3d without OpenVINO) with
+    ``max_faces=1``."""
 
-    settings = {"max1": 1, "default": 4}
+    settings = {"max1": ("auto", 1), "default": ("auto", 4), "max1_ort": ("onnxruntime", 1)}
 
     def __init__(self):
         import ig3d
 
-        self.predictor = ig3d.Predictor()
-        self.versions = {"ig3d": ig3d.__version__}
+        self.predictors = {b: ig3d.Predictor(backend=b) for b in ("auto", "onnxruntime")}
+        self.versions = {"ig3d": ig3d.__version__, "landmark model on (auto)":
+                         self.predictors["auto"].backends["face_landmarks.onnx"]}
 
-    def step(self, setting: str, smoothing="default"):
-        tracker = self.predictor.tracker(max_faces=self.settings[setting], smoothing=smoothing)
-
-        def step(frame, t):
-            faces = tracker.update(frame, t)
-            return [f.label for f in faces], [f.landmarks[:, :2] for f in faces]
-        return step
+    def run_pass(self, setting: str, frames, ts, smoothing="default") -> Tuple[List[float], list]:
+        """Per-frame seconds of the stream's ``next()`` (tracking and every network of that frame),
+        and per frame (labels, landmarks)."""
+        backend, max_faces = self.settings[setting]
+        stream = self.predictors[backend].stream(frames, timestamps=ts, max_faces=max_faces, smoothing=smoothing)
+        times, out = [], []
+        while True:
+            t0 = time.perf_counter()
+            try:
+                fr = next(stream)
+            except StopIteration:
+                break
+            times.append(time.perf_counter() - t0)
+            out.append(([f.label for f in fr.faces], [f.landmarks[:, :2] for f in fr.faces]))
+        return times, out
 
     def jitter(self, still, still_ts) -> Dict[str, float]:
         out = {}
         for key, sm in (("jitter_smoothed", "default"), ("jitter_raw", None)):
-            _, res = one_pass(self.step("default", sm), still, still_ts)
+            _, res = self.run_pass("default", still, still_ts, smoothing=sm)
             out[key] = jitter_percent([lms[0] for _, lms in res])
         return out
 
@@ -160,6 +176,9 @@ class MediaPipeSide:
             return labels, lms
         return step
 
+    def run_pass(self, setting: str, frames, ts) -> Tuple[List[float], list]:
+        return one_pass(self.step(setting), frames, ts)
+
     def jitter(self, still, still_ts) -> Dict[str, float]:
         _, res = one_pass(self.step("default"), still, still_ts)
         return {"jitter": jitter_percent([lms[0] for _, lms in res])}
@@ -185,7 +204,7 @@ def worker_main(argv: List[str]) -> None:
     reply = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not reach the protocol stream
     for setting in side.settings:  # warm-up
-        one_pass(side.step(setting), data["frames"], data["ts"])
+        side.run_pass(setting, data["frames"], data["ts"])
     print(json.dumps({"ready": True, "settings": list(side.settings),
                       "versions": {**side.versions, "python": platform.python_version(), "numpy": np.__version__}}),
           file=reply, flush=True)
@@ -194,7 +213,7 @@ def worker_main(argv: List[str]) -> None:
         if not cmd or cmd[0] == "quit":
             break
         if cmd[0] == "pass":
-            times, res = one_pass(side.step(cmd[1]), data["frames"], data["ts"])
+            times, res = side.run_pass(cmd[1], data["frames"], data["ts"])
             out = {"times": times, "labels": [labels for labels, _ in res]}
         else:
             out = {**side.jitter(data["still"], data["still_ts"]), "peak_rss_mb": peak_rss_mb()}
@@ -334,14 +353,15 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], n_frames:
             print(f"# {s}: NOT RUN: {errors[s]}")
     rows = []
     if ig is not None:
-        rows += [("ig3d stream, max_faces=1", ig["max1"]), ("ig3d stream, max_faces=4 (default)", ig["default"])]
+        rows += [("ig3d stream, max_faces=1", ig["max1"]), ("ig3d stream, max_faces=4 (default)", ig["default"]),
+                 ("ig3d stream, max_faces=1, ONNX Runtime only", ig["max1_ort"])]
     if mp is not None:
         rows.append(("MediaPipe VIDEO + FER", mp["default"]))
-    print(f"\n{'':38} {'frames/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'faces/frame':>11} {'happy frames':>13}")
+    print(f"\n{'':44} {'frames/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'faces/frame':>11} {'happy frames':>13}")
     for label, r in rows:
         happy = r["happy_frames"]
         span = f"{happy[0]}-{happy[-1]} ({len(happy)})" if happy else "none"
-        print(f"{label:38} {r['fps']:9.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+        print(f"{label:44} {r['fps']:9.1f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
               f"{'/'.join(map(str, r['faces_per_frame'])):>11} {span:>13}")
     print("\nlandmark jitter on a still face (% of face width per frame):")
     if ig is not None:
@@ -350,7 +370,8 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], n_frames:
     speed = None if ig is None or mp is None else ig["max1"]["fps"] / mp["default"]["fps"]
     if speed is not None:
         print(f"\nframes/s ig3d (max_faces=1) / MediaPipe+FER: {speed:.2f}x (goal 1.5x); with ig3d's defaults "
-              f"{ig['default']['fps'] / mp['default']['fps']:.2f}x")
+              f"{ig['default']['fps'] / mp['default']['fps']:.2f}x; ONNX Runtime only (max_faces=1) "
+              f"{ig['max1_ort']['fps'] / mp['default']['fps']:.2f}x")
 
     def r3(x):
         return None if x is None else round(float(x), 3)
@@ -362,6 +383,8 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], n_frames:
         "ig3d_fps": r3(ig["max1"]["fps"]) if ig else None,
         "ig3d_default_fps": r3(ig["default"]["fps"]) if ig else None,
         "ig3d_default_p99_latency_ms": r3(ig["default"]["p99_ms"]) if ig else None,
+        "ig3d_onnxruntime_only_fps": r3(ig["max1_ort"]["fps"]) if ig else None,
+        "fps_speedup_onnxruntime_only": r3(ig["max1_ort"]["fps"] / mp["default"]["fps"]) if ig and mp else None,
         "mediapipe_fps": r3(mp["default"]["fps"]) if mp else None,
         "mediapipe_p50_latency_ms": r3(mp["default"]["p50_ms"]) if mp else None,
         "mediapipe_p99_latency_ms": r3(mp["default"]["p99_ms"]) if mp else None,
@@ -371,6 +394,7 @@ def report(results: Dict[str, Optional[dict]], errors: Dict[str, str], n_frames:
         "frames": n_frames,
         "fps_all_passes": {k: v for k, v in (("ig3d", ig and ig["max1"]["fps_all_passes"]),
                                             ("ig3d_default", ig and ig["default"]["fps_all_passes"]),
+                                            ("ig3d_onnxruntime_only", ig and ig["max1_ort"]["fps_all_passes"]),
                                             ("mediapipe", mp and mp["default"]["fps_all_passes"])) if v},
     }
     out.update({f"{s}_error": e.splitlines()[-1].strip() for s, e in errors.items() if e})

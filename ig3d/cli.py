@@ -49,6 +49,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     facts = {"version": __version__, **kernels.info(), "backends": available_backends()}
     facts["cuda_status"] = describe_cuda(facts["cuda_devices"], facts["cuda_status"], facts["cuda_compiled"])
     facts.update(_precision_facts())
+    from . import engines
+
+    cpu_backend, _ = engines.resolve("auto", "cpu")
+    # what backend="auto" runs on the CPU here: one runtime, and the networks it runs elsewhere
+    facts["auto_on_cpu"] = {"backend": cpu_backend, "except": engines.network_backends("auto", cpu_backend, "cpu")}
     print(json.dumps(facts, indent=2))
     return 0
 

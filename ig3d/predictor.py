@@ -101,7 +101,8 @@ class Predictor:
         # how the runs are spread over the machine: one execution for every stage of the preset
         self._execution = Execution(backend=self._backend, device=self._device, threads=o.threads,
                                     parallel_runs=o.parallel_runs, threads_per_run=o.threads_per_run,
-                                    precision=o.precision)
+                                    precision=o.precision,
+                                    network_backends=engines.network_backends(o.backend, self._backend, self._device))
         common = dict(execution=self._execution, head_device=head_device, min_face_size=o.min_face_size,
                       min_detection_confidence=o.min_detection_confidence,
                       min_face_presence_confidence=o.min_face_presence_confidence, outputs=o.outputs)
@@ -114,9 +115,12 @@ class Predictor:
             self._pipeline = ig3d_pipelines.Ig3DPipeline(preset, weights=w, **common)
         #: network -> the precision it runs in ("fp32" or "bf16")
         self._precisions: Dict[str, str] = dict(self._execution.precisions)
+        #: network -> the backend it runs on
+        self._backends: Dict[str, str] = dict(self._execution.backends)
         self._preset = preset
-        log.info("ig3d Predictor: preset=%s backend=%s device=%s fused head on %s", preset, self._backend,
-                 self._device, head_device)
+        others = {n: b for n, b in self._backends.items() if b != self._backend}
+        log.info("ig3d Predictor: preset=%s backend=%s%s device=%s fused head on %s", preset, self._backend,
+                 "".join(f" ({n} on {b})" for n, b in sorted(others.items())), self._device, head_device)
 
     @property
     def options(self) -> PredictorOptions:
@@ -133,6 +137,13 @@ class Predictor:
     def backend(self) -> str:
         """The backend chosen for the encoders (read-only)."""
         return self._backend
+
+    @property
+    def backends(self) -> Dict[str, str]:
+        """Network -> the backend it runs on (read-only copy). With ``backend="auto"`` on the CPU
+        every network runs on :attr:`backend` except the landmark model, which runs on OpenVINO
+        when it is installed (:data:`ig3d.engines.AUTO_NETWORK_BACKENDS`)."""
+        return dict(self._backends)
 
     @property
     def precisions(self) -> Dict[str, str]:
@@ -232,4 +243,10 @@ class Predictor:
         bf16 = sorted(n for n, p in self._precisions.items() if p == "bf16")
         fp32 = sorted(n for n, p in self._precisions.items() if p != "bf16")
         prec = f", bf16={bf16}, fp32={fp32}" if bf16 else ""  # all fp32 unless bf16 was asked for
-        return f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r}{prec})"
+        others: Dict[str, list] = {}
+        for n, b in sorted(self._backends.items()):
+            if b != self._backend:
+                others.setdefault(b, []).append(n)
+        elsewhere = "".join(f", {b}={names}" for b, names in others.items())  # auto's per-network choice
+        return (f"Predictor(preset={self._preset!r}, backend={self._backend!r}, device={self._device!r}"
+                f"{elsewhere}{prec})")

@@ -262,3 +262,77 @@ def test_openvino_errors():
     m = engines.load(ig3d.presets.asset_path("fer_mini_xception.onnx"), backend="openvino")
     with pytest.raises(ValueError, match="unknown input"):
         m.run({"nope": np.zeros((1, 64, 64, 1), np.float32)})
+
+
+# -- PReLU given back to OpenVINO, and the landmark model on OpenVINO under backend="auto" ----------
+def _spelled_out_prelu(slope, one_minus=None):
+    """Conv -> PReLU as expand_prelu writes it (``one_minus``: the ``1 - slope`` constant, to spoil)."""
+    onnx = pytest.importorskip("onnx", reason="building the test graph needs onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ig3d.convert.onnx_passes import expand_prelu
+
+    rng = np.random.default_rng(3)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("PRelu", ["c", "slope"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 9, 9])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "w"),
+                     numpy_helper.from_array(np.asarray(slope, np.float32).reshape(6, 1, 1), "slope")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    prelu_bytes = m.SerializeToString()
+    expand_prelu(m)
+    if one_minus is not None:
+        for t in m.graph.initializer:
+            if "__one_minus_" in t.name:
+                t.CopyFrom(numpy_helper.from_array(np.asarray(one_minus, np.float32).reshape(1, 6, 1, 1)
+                                                   if numpy_helper.to_array(t).ndim == 4 else
+                                                   np.asarray(one_minus, np.float32).reshape(6, 1, 1), t.name))
+    return prelu_bytes, m.SerializeToString()
+
+
+@pytest.mark.parametrize("hi", [0.9, 1.5])  # both of expand_prelu's spellings
+def test_contract_prelu_gives_openvino_its_prelu_back(hi):
+    slope = np.linspace(-0.5, hi, 6)
+    prelu, spelled = _spelled_out_prelu(slope)
+    x = np.random.default_rng(4).standard_normal((1, 4, 9, 9)).astype(np.float32)
+    m = engines.load(spelled, backend="openvino")
+    assert m.prelus == 1
+    want = engines.load(prelu, backend="onnxruntime").run(x)["y"]
+    np.testing.assert_allclose(m.run(x)["y"], want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_contract_prelu_leaves_lookalikes():
+    """A ``1 - a`` constant that is not the float32 of 1 - a is another function: left alone."""
+    slope = np.linspace(-0.5, 0.9, 6)
+    _, spelled = _spelled_out_prelu(slope, one_minus=1.0 - slope + 1e-3)
+    assert engines.load(spelled, backend="openvino").prelus == 0
+
+
+def test_landmark_model_gets_every_prelu_back():
+    onnx = pytest.importorskip("onnx", reason="reading the bundled graph needs onnx")
+    path = ig3d.presets.asset_path("face_landmarks.onnx")
+    spelled = sum(1 for n in onnx.load(path).graph.node if n.op_type == "Add" and "__prelu" in n.name)
+    assert spelled > 0 and engines.load(path, backend="openvino").prelus == spelled
+
+
+def test_auto_runs_the_landmark_model_on_openvino(monkeypatch, faces):
+    p = ig3d.Predictor()  # backend="auto"
+    assert p.backend == "onnxruntime"
+    assert p.backends["face_landmarks.onnx"] == "openvino"
+    assert {b for n, b in p.backends.items() if n != "face_landmarks.onnx"} == {"onnxruntime"}
+    assert "openvino=['face_landmarks.onnx']" in repr(p)
+    assert p._pipeline.landmarker.all_cores.backend == "openvino"
+    # an explicit backend runs every network
+    assert set(ig3d.Predictor(backend="onnxruntime").backends.values()) == {"onnxruntime"}
+    assert set(ig3d.Predictor(backend="openvino").backends.values()) == {"openvino"}
+    # the same faces as ONNX Runtime alone, within OpenVINO's fp32 differences
+    where = photos(faces)
+    ref = ig3d.Predictor(backend="onnxruntime").predict_batch(where)
+    _compare_presets(ref, p.predict_batch(where), where)
+    # without OpenVINO installed, auto runs everything on ONNX Runtime
+    monkeypatch.setattr(type(engines.get_runtime("openvino")), "missing", lambda self: "not installed (test)")
+    assert engines.network_backends("auto", "onnxruntime", "cpu") == {}
+    assert set(ig3d.Predictor().backends.values()) == {"onnxruntime"}

@@ -32,11 +32,14 @@ class Execution:
             batched run); default: ``parallel_runs`` on the CPU, the runtime's own on a GPU.
         precision: "fp32", "bf16", or network -> precision; a network outside its preset's gated set
             stays fp32 unless named (:func:`ig3d.engines.network_precision`).
+        network_backends: network file name -> the backend it runs on instead of ``backend``
+            (:func:`ig3d.engines.network_backends`: what ``backend="auto"`` picks per network).
     """
 
     def __init__(self, *, backend: str, device: str, threads: Optional[int] = None,
                  parallel_runs: Optional[int] = None, threads_per_run: Optional[int] = None,
-                 precision: Union[str, Mapping[str, str]] = "fp32"):
+                 precision: Union[str, Mapping[str, str]] = "fp32",
+                 network_backends: Optional[Mapping[str, str]] = None):
         for arg, v in (("threads", threads), ("parallel_runs", parallel_runs), ("threads_per_run", threads_per_run)):
             if v is not None and int(v) < 1:
                 raise ValueError(f"{arg} must be a positive number of CPU threads or None, got {v}")
@@ -48,6 +51,9 @@ class Execution:
         self.threads_per_run: Optional[int] = int(threads_per_run or threads or 0) or (self.workers.n if cpu else None)
         #: network -> the precision it runs in, for every network loaded through this execution
         self.precisions: Dict[str, str] = {}
+        self.network_backends: Dict[str, str] = dict(network_backends or {})
+        #: network -> the backend it runs on, for every network loaded through this execution
+        self.backends: Dict[str, str] = {}
 
     @property
     def parallel(self) -> bool:
@@ -64,11 +70,15 @@ class Execution:
         self.precisions[name] = network_precision(self.precision, name, gated)
         return self.precisions[name]
 
+    def _backend(self, name: str) -> str:
+        self.backends[name] = self.network_backends.get(name, self.backend)
+        return self.backends[name]
+
     def model(self, source, name: str, gated: FrozenSet[str] = frozenset()) -> Model:
         """A network whose runs go through the workers: single-threaded sessions when they are
         spread over the cores, one session with ``threads_per_run`` threads otherwise."""
         precision = self._precision(name, gated)
-        return load(source, backend=self.backend, device=self.device, name=name,
+        return load(source, backend=self._backend(name), device=self.device, name=name,
                     threads=1 if self.workers.parallel else self.threads_per_run,
                     parallel_runs=self.workers.n, precision=precision)
 
@@ -76,15 +86,15 @@ class Execution:
         """A session with ``threads_per_run`` threads for a run that has the cores to itself for
         most of its time (the small-face scan); with one worker, the same as :meth:`model`."""
         precision = self._precision(name, gated)
-        return load(source, backend=self.backend, device=self.device, name=name, threads=self.threads_per_run,
-                    parallel_runs=1, precision=precision)
+        return load(source, backend=self._backend(name), device=self.device, name=name,
+                    threads=self.threads_per_run, parallel_runs=1, precision=precision)
 
     def per_core(self, source, name: str, gated: FrozenSet[str] = frozenset(), *,
                  threads: Optional[int] = None, spin: bool = False) -> PerCoreModel:
         """A network with an all-cores session for a lone run and a single-threaded one for runs
         spread over the workers (:class:`ig3d.engines.PerCoreModel`)."""
         precision = self._precision(name, gated)
-        return PerCoreModel(source, workers=self.workers, backend=self.backend, device=self.device,
+        return PerCoreModel(source, workers=self.workers, backend=self._backend(name), device=self.device,
                             threads=self.threads_per_run if threads is None else threads, name=name, spin=spin,
                             precision=precision)
 
