@@ -52,8 +52,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from . import engines
 
     cpu_backend, _ = engines.resolve("auto", "cpu")
-    # what backend="auto" runs on the CPU here: one runtime, and the networks it runs elsewhere
-    facts["auto_on_cpu"] = {"backend": cpu_backend, "except": engines.network_backends("auto", cpu_backend, "cpu")}
+    # what backend="auto" runs on the CPU here: one runtime, and where a lone tracked face's networks go
+    facts["auto_on_cpu"] = {"backend": cpu_backend,
+                            "tracking": engines.tracking_backends("auto", cpu_backend, "cpu")}
     print(json.dumps(facts, indent=2))
     return 0
 

@@ -223,10 +223,9 @@ def test_info_says_no_cuda_device_in_words(tmp_path):
     facts = json.loads(r.stdout)
     assert facts["cuda_devices"] == 0 and facts["cuda_status"].startswith("no CUDA device")
     assert facts["version"] == ig3d.__version__
-    # what backend="auto" runs on the CPU, network by network, as a Predictor would
+    # what backend="auto" runs on the CPU, as a Predictor would
     p = ig3d.Predictor()
-    elsewhere = {n: b for n, b in p.backends.items() if b != p.backend}
-    assert facts["auto_on_cpu"] == {"backend": p.backend, "except": elsewhere}
+    assert facts["auto_on_cpu"] == {"backend": p.backend, "tracking": p.tracking_backends}
 
 
 def test_describe_cuda():

@@ -318,21 +318,34 @@ def test_landmark_model_gets_every_prelu_back():
     assert spelled > 0 and engines.load(path, backend="openvino").prelus == spelled
 
 
-def test_auto_runs_the_landmark_model_on_openvino(monkeypatch, faces):
+def test_auto_tracks_a_lone_face_with_the_landmark_model_on_openvino(monkeypatch, faces):
     p = ig3d.Predictor()  # backend="auto"
-    assert p.backend == "onnxruntime"
-    assert p.backends["face_landmarks.onnx"] == "openvino"
-    assert {b for n, b in p.backends.items() if n != "face_landmarks.onnx"} == {"onnxruntime"}
-    assert "openvino=['face_landmarks.onnx']" in repr(p)
-    assert p._pipeline.landmarker.all_cores.backend == "openvino"
-    # an explicit backend runs every network
-    assert set(ig3d.Predictor(backend="onnxruntime").backends.values()) == {"onnxruntime"}
-    assert set(ig3d.Predictor(backend="openvino").backends.values()) == {"openvino"}
-    # the same faces as ONNX Runtime alone, within OpenVINO's fp32 differences
+    assert p.backend == "onnxruntime" and set(p.backends.values()) == {"onnxruntime"}
+    assert p.tracking_backends == {"face_landmarks.onnx": "openvino"}
+    assert "tracking_backends={'face_landmarks.onnx': 'openvino'}" in repr(p)
+    stage = p._pipeline.landmarks
+    assert stage._tracking_model is None  # made on first use: a photo-only app never loads it
+    # photos stay on ONNX Runtime: a face's result does not depend on the other faces of a call
     where = photos(faces)
-    ref = ig3d.Predictor(backend="onnxruntime").predict_batch(where)
-    _compare_presets(ref, p.predict_batch(where), where)
+    ref = ig3d.Predictor(backend="onnxruntime")
+    for f in where:
+        for a, b in zip(ref.predict(f), p.predict(f)):
+            np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    assert stage._tracking_model is None
+    # a video: the lone tracked face's landmark run goes to OpenVINO, with ONNX Runtime's landmarks
+    # within OpenVINO's fp32 differences
+    frames = [load_image(faces / "single_face.jpg")] * 3
+    got = [fr.faces for fr in p.stream(frames, smoothing=None)]
+    want = [fr.faces for fr in ref.stream(frames, smoothing=None)]
+    assert stage._tracking_model is not None and stage._tracking_model.backend == "openvino"
+    for a, b in zip(want, got):
+        assert len(a) == len(b) == 1 and a[0].label == b[0].label
+        np.testing.assert_allclose(b[0].landmarks[:, :2], a[0].landmarks[:, :2], atol=1e-5 * 1000, rtol=0)
+        assert not np.array_equal(b[0].landmarks, a[0].landmarks)  # another runtime did run
+    # an explicit backend runs every network, in videos too
+    assert ig3d.Predictor(backend="onnxruntime").tracking_backends == {}
+    assert ig3d.Predictor(backend="openvino").tracking_backends == {}
     # without OpenVINO installed, auto runs everything on ONNX Runtime
     monkeypatch.setattr(type(engines.get_runtime("openvino")), "missing", lambda self: "not installed (test)")
-    assert engines.network_backends("auto", "onnxruntime", "cpu") == {}
-    assert set(ig3d.Predictor().backends.values()) == {"onnxruntime"}
+    assert engines.tracking_backends("auto", "onnxruntime", "cpu") == {}
+    assert ig3d.Predictor().tracking_backends == {}

@@ -14,9 +14,9 @@ Adding a runtime: see :mod:`ig3d.engines.base` (a module with a ``Runtime`` subc
 with the highest ``auto_rank`` among those whose float32 outputs are exact (equal to ONNX Runtime's
 within 1e-5 of the output scale): ONNX Runtime, which measured faster than OpenVINO in the default
 preset's per-face worker pool (``ig3d/engines/openvino.py`` has the figures); OpenVINO runs on
-request. With ``precision="bf16"``, the runtime that has bf16 here (OpenVINO). One exception, per
-network: the landmark model runs on OpenVINO when it is installed (``pip install "ig3d[openvino]"``),
-where it measured faster (:data:`AUTO_NETWORK_BACKENDS`, :func:`network_backends`).
+request. With ``precision="bf16"``, the runtime that has bf16 here (OpenVINO). One exception: in a
+video stream, a lone tracked face's landmark run goes to OpenVINO when it is installed (``pip install
+"ig3d[video]"`` or ``"ig3d[openvino]"``), where it measured faster (:data:`AUTO_TRACKING_BACKENDS`).
 
 Runtimes are imported on first use, never at ``import ig3d``.
 """
@@ -35,7 +35,7 @@ from .onnxruntime import OnnxModel  # the ONNX Runtime model class (imports onnx
 
 __all__ = ["available_backends", "resolve", "OnnxModel", "cache_root", "Workers", "Pending", "usable_cores",
            "describe_cuda", "PerCoreModel", "Model", "Runtime", "get_runtime", "runtimes", "load", "PRECISIONS",
-           "RUNTIME_MODULES", "precisions", "network_precision", "network_backends", "AUTO_NETWORK_BACKENDS"]
+           "RUNTIME_MODULES", "precisions", "network_precision", "tracking_backends", "AUTO_TRACKING_BACKENDS"]
 
 #: backend name -> "module:attribute" of its :class:`Runtime` instance (attribute default: RUNTIME),
 #: in the order they are listed
@@ -189,25 +189,28 @@ def resolve(backend: str = "auto", device: str = "auto", precision: str = "fp32"
     return backend, device
 
 
-#: ``backend="auto"`` on the CPU: networks that run on another installed runtime than the rest,
-#: because they measured faster there both as a lone run on every core and as single-threaded runs
-#: spread over the cores (file name -> runtimes, best first; the first installed one whose float32
+#: ``backend="auto"`` on the CPU: networks whose run for a lone tracked face in a video stream (one
+#: face, every core, every frame: :class:`ig3d.stream.Tracker`) goes to another installed runtime,
+#: where it measured faster (file name -> runtimes, best first; the first installed one whose float32
 #: outputs are exact is used). MediaPipe's landmark model on OpenVINO, its PReLUs fused into the
 #: convolutions (:func:`ig3d.engines.openvino.contract_prelu`), against ONNX Runtime on 2 cores,
-#: interleaved rounds: 3.5 against 5.1 ms on 2 threads, 4.1 against 5.4 ms on one; a tracked video
-#: frame about 1.3x the frames/s (``benchmarks/README.md``). The other networks stay on ONNX
-#: Runtime, which runs them faster (see :class:`ig3d.engines.openvino.OpenVinoRuntime`).
-AUTO_NETWORK_BACKENDS: Dict[str, Tuple[str, ...]] = {"face_landmarks.onnx": ("openvino",)}
+#: interleaved rounds: 3.5 against 5.1 ms on 2 threads; a tracked video frame about 1.2-1.3x the
+#: frames/s (``benchmarks/README.md``). Photos stay on ONNX Runtime, so that a face's result never
+#: depends on the other faces in a call (OpenVINO's landmarks differ from ONNX Runtime's by up to
+#: 3e-4 px); so do the other networks, which ONNX Runtime runs faster (see
+#: :class:`ig3d.engines.openvino.OpenVinoRuntime`).
+AUTO_TRACKING_BACKENDS: Dict[str, Tuple[str, ...]] = {"face_landmarks.onnx": ("openvino",)}
 
 
-def network_backends(asked: str, backend: str, device: str) -> Dict[str, str]:
-    """The networks that run on another runtime than ``backend`` (what ``asked`` resolved to), by
-    name: with ``asked="auto"`` on the CPU, those of :data:`AUTO_NETWORK_BACKENDS` whose runtime is
-    installed here; none otherwise (an explicit backend runs every network)."""
+def tracking_backends(asked: str, backend: str, device: str) -> Dict[str, str]:
+    """The networks whose lone tracked-face runs go to another runtime than ``backend`` (what
+    ``asked`` resolved to), by name: with ``asked="auto"`` on the CPU, those of
+    :data:`AUTO_TRACKING_BACKENDS` whose runtime is installed here; none otherwise (an explicit
+    backend runs every network)."""
     if asked != "auto" or device != "cpu":
         return {}
     out: Dict[str, str] = {}
-    for name, preferred in AUTO_NETWORK_BACKENDS.items():
+    for name, preferred in AUTO_TRACKING_BACKENDS.items():
         for b in preferred:
             rt = get_runtime(b)
             if rt.exact_cpu and "cpu" in rt.devices():

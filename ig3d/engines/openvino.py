@@ -205,8 +205,11 @@ class OpenVinoRuntime(Runtime):
     exact_cpu = True
     #: below ONNX Runtime: in the default preset's pipeline (one single-threaded run per face over the
     #: cores) OpenVINO measured slower, 45 against 37 ms per photo at batch 1 and 38 against 29 ms per
-    #: photo in a 15-photo call (2 cores, the five shared photos, interleaved rounds); it is used on
-    #: request (backend="openvino") until a measurement says otherwise
+    #: photo in a 15-photo call (2 cores, the five shared photos, interleaved rounds); with the landmark
+    #: model's PReLUs given back (:func:`contract_prelu`) still 43 against 56 images/s at batch 1 and 80
+    #: against 129 faces/s in 16-face calls. It is used on request (backend="openvino"), and by
+    #: backend="auto" for a lone tracked face's landmark run in a video, where it is faster
+    #: (engines.AUTO_TRACKING_BACKENDS)
     auto_rank = -1
     install_hint = "pip install \"ig3d[openvino]\""
 

@@ -70,13 +70,15 @@ class FacePipeline:
         (:meth:`ig3d.pipelines.stages.Detection.detect`)."""
         return self.detection.detect(images)
 
-    def landmarks_in(self, images, owner: np.ndarray, rois: lmk.Rois, scores: np.ndarray) -> Faces:
-        """The landmark model on given regions (:meth:`ig3d.pipelines.stages.Landmarks.run`)."""
-        return self.landmarks.run(images, owner, rois, scores)
+    def landmarks_in(self, images, owner: np.ndarray, rois: lmk.Rois, scores: np.ndarray, *,
+                     tracking: bool = False) -> Faces:
+        """The landmark model on given regions (:meth:`ig3d.pipelines.stages.Landmarks.run`;
+        ``tracking``: the video tracker's call)."""
+        return self.landmarks.run(images, owner, rois, scores, tracking=tracking)
 
-    def refine(self, images, faces: Faces, mask: np.ndarray) -> Faces:
+    def refine(self, images, faces: Faces, mask: np.ndarray, *, tracking: bool = False) -> Faces:
         """The second landmark pass (:meth:`ig3d.pipelines.stages.Landmarks.refine`)."""
-        return self.landmarks.refine(images, faces, mask)
+        return self.landmarks.refine(images, faces, mask, tracking=tracking)
 
     def _landmarks(self, images, dets: List[FaceDetections], rois: Optional[lmk.Rois] = None) -> Faces:
         return self.landmarks.from_detections(images, dets, rois)

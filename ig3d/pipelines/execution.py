@@ -32,14 +32,15 @@ class Execution:
             batched run); default: ``parallel_runs`` on the CPU, the runtime's own on a GPU.
         precision: "fp32", "bf16", or network -> precision; a network outside its preset's gated set
             stays fp32 unless named (:func:`ig3d.engines.network_precision`).
-        network_backends: network file name -> the backend it runs on instead of ``backend``
-            (:func:`ig3d.engines.network_backends`: what ``backend="auto"`` picks per network).
+        tracking_backends: network file name -> the backend that runs it for a lone tracked face in a
+            video stream instead of ``backend`` (:func:`ig3d.engines.tracking_backends`: what
+            ``backend="auto"`` picks); loaded on first use by :meth:`tracking_model`.
     """
 
     def __init__(self, *, backend: str, device: str, threads: Optional[int] = None,
                  parallel_runs: Optional[int] = None, threads_per_run: Optional[int] = None,
                  precision: Union[str, Mapping[str, str]] = "fp32",
-                 network_backends: Optional[Mapping[str, str]] = None):
+                 tracking_backends: Optional[Mapping[str, str]] = None):
         for arg, v in (("threads", threads), ("parallel_runs", parallel_runs), ("threads_per_run", threads_per_run)):
             if v is not None and int(v) < 1:
                 raise ValueError(f"{arg} must be a positive number of CPU threads or None, got {v}")
@@ -51,9 +52,10 @@ class Execution:
         self.threads_per_run: Optional[int] = int(threads_per_run or threads or 0) or (self.workers.n if cpu else None)
         #: network -> the precision it runs in, for every network loaded through this execution
         self.precisions: Dict[str, str] = {}
-        self.network_backends: Dict[str, str] = dict(network_backends or {})
         #: network -> the backend it runs on, for every network loaded through this execution
         self.backends: Dict[str, str] = {}
+        #: network -> the backend of its lone tracked-face runs, where that differs from ``backend``
+        self.tracking_backends: Dict[str, str] = dict(tracking_backends or {})
 
     @property
     def parallel(self) -> bool:
@@ -71,8 +73,8 @@ class Execution:
         return self.precisions[name]
 
     def _backend(self, name: str) -> str:
-        self.backends[name] = self.network_backends.get(name, self.backend)
-        return self.backends[name]
+        self.backends[name] = self.backend
+        return self.backend
 
     def model(self, source, name: str, gated: FrozenSet[str] = frozenset()) -> Model:
         """A network whose runs go through the workers: single-threaded sessions when they are
@@ -97,6 +99,16 @@ class Execution:
         return PerCoreModel(source, workers=self.workers, backend=self._backend(name), device=self.device,
                             threads=self.threads_per_run if threads is None else threads, name=name, spin=spin,
                             precision=precision)
+
+    def tracking_model(self, source, name: str, gated: FrozenSet[str] = frozenset()) -> Optional[Model]:
+        """The session for a lone tracked face's run of network ``name`` on its tracking backend,
+        with ``threads_per_run`` threads; None where the network has none (then the tracker uses
+        the network's usual sessions)."""
+        backend = self.tracking_backends.get(name)
+        if backend is None:
+            return None
+        return load(source, backend=backend, device=self.device, name=name, threads=self.threads_per_run,
+                    parallel_runs=1, precision=network_precision(self.precision, name, gated))
 
     def close(self) -> None:
         """Stop the worker threads (runs already going finish); later runs through this execution

@@ -19,6 +19,7 @@ does not depend on the other faces of the call.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -417,26 +418,46 @@ class Landmarks:
         self.min_presence = float(min_presence)
         name = "face_landmarks.onnx"
         self.model = execution.per_core(asset_path(name), name, BF16_GATED, spin=True)
+        #: the backend of a lone tracked face's run when it differs (``backend="auto"`` with OpenVINO
+        #: installed: :data:`ig3d.engines.AUTO_TRACKING_BACKENDS`), its session made on first use
+        self.tracking_backend: Optional[str] = execution.tracking_backends.get(name)
+        self._tracking_model = None
+        self._tracking_lock = threading.Lock()
 
     def from_detections(self, images, dets: List[detect.FaceDetections], rois: Optional[lmk.Rois] = None) -> Faces:
         """The landmark model on each detection's region (or on ``rois``, one per detection)."""
         owner, boxes, scores, kps = _stack(dets)
         return self.run(images, owner, lmk.rois_from_detections(boxes, kps) if rois is None else rois, scores)
 
-    def run(self, images, owner: np.ndarray, rois: lmk.Rois, scores: np.ndarray) -> Faces:
+    def tracking_model(self):
+        """The lone tracked face's session on :attr:`tracking_backend` (None without one)."""
+        if self.tracking_backend is None:
+            return None
+        with self._tracking_lock:
+            if self._tracking_model is None:
+                name = "face_landmarks.onnx"
+                self._tracking_model = self.execution.tracking_model(asset_path(name), name, BF16_GATED)
+        return self._tracking_model
+
+    def run(self, images, owner: np.ndarray, rois: lmk.Rois, scores: np.ndarray, *,
+            tracking: bool = False) -> Faces:
         """The landmark model on given regions: ``rois`` row ``k`` in ``images[owner[k]]`` (``scores``
         is carried along). One run per face, spread over the workers, as for detections; video
-        tracking calls it with the regions computed from the previous frame's landmarks."""
+        tracking calls it with the regions computed from the previous frame's landmarks
+        (``tracking=True``: a lone face then runs on :attr:`tracking_backend` where there is one)."""
         owner = np.asarray(owner, np.int64)
         scores = np.asarray(scores, np.float32)
         M, Minv = lmk.roi_affine(rois, 256)
         if owner.size == 0:
             return Faces(owner, scores, Minv, np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32))
         items = list(zip(owner, M))
-        out = self.workers.run(self.model.for_items(len(items)), items, _cropper(self.execution, images, 256))
+        model = self.tracking_model() if tracking and len(items) == 1 else None
+        if model is None:
+            model = self.model.for_items(len(items))
+        out = self.workers.run(model, items, _cropper(self.execution, images, 256))
         return Faces(owner, scores, Minv, out["landmarks"], out["presence"].reshape(-1))
 
-    def refine(self, images, faces: Faces, mask: np.ndarray) -> Faces:
+    def refine(self, images, faces: Faces, mask: np.ndarray, *, tracking: bool = False) -> Faces:
         """A second landmark pass for the faces of ``mask`` whose first pass found a face mesh, on
         the region computed from their first landmarks (:func:`ig3d.faces.landmarks.rois_from_landmarks`,
         the tracking step applied once). For faces that only the full-range detector found: its
@@ -449,7 +470,7 @@ class Landmarks:
         if sel.size == 0:
             return faces
         lm = lmk.landmarks_to_image(faces.landmarks[sel], faces.Minv[sel])
-        again = self.run(images, faces.owner[sel], lmk.rois_from_landmarks(lm), faces.scores[sel])
+        again = self.run(images, faces.owner[sel], lmk.rois_from_landmarks(lm), faces.scores[sel], tracking=tracking)
         ok = again.presence >= self.min_presence
         sel, again = sel[ok], again.take(ok)
         out = Faces(*(a.copy() for a in faces))

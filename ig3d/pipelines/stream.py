@@ -200,8 +200,8 @@ class Tracker:
         """Raw landmarks (image pixels) and presence for ``rois`` (one landmark batch), with the
         second pass for the faces of ``refine``."""
         pipe = self.pipeline
-        faces = pipe.landmarks_in(images, np.zeros(len(rois), np.int64), rois, scores)
-        faces = pipe.refine(images, faces, refine)
+        faces = pipe.landmarks_in(images, np.zeros(len(rois), np.int64), rois, scores, tracking=True)
+        faces = pipe.refine(images, faces, refine, tracking=True)
         return lmk.landmarks_to_image(faces.landmarks, faces.Minv), faces.presence
 
     def update(self, frame: Any, timestamp: Optional[float] = None) -> List[FaceResult]:
