@@ -332,6 +332,9 @@ def test_auto_tracks_a_lone_face_with_the_landmark_model_on_openvino(monkeypatch
         for a, b in zip(ref.predict(f), p.predict(f)):
             np.testing.assert_array_equal(a.landmarks, b.landmarks)
     assert stage._tracking_model is None
+    # a tracker makes the session when it is made, not in its first frame's time
+    p.tracker()
+    assert stage._tracking_model is not None and stage._tracking_model.backend == "openvino"
     # a video: the lone tracked face's landmark run goes to OpenVINO, with ONNX Runtime's landmarks
     # within OpenVINO's fp32 differences
     frames = [load_image(faces / "single_face.jpg")] * 3

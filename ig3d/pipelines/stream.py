@@ -164,6 +164,11 @@ class Tracker:
         if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps: expected a positive number of frames per second, got {fps!r}")
         self.pipeline = pipeline
+        # a lone tracked face's landmark session on its own runtime (backend="auto" with OpenVINO):
+        # made now, not in the first frame's time
+        landmarks = getattr(pipeline, "landmarks", None)
+        if hasattr(landmarks, "tracking_model"):
+            landmarks.tracking_model()
         self.max_faces, self.detect_every = int(max_faces), int(detect_every)
         self.smoothing: Optional[Smoothing] = resolve_smoothing(smoothing)
         self.color, self.fps = color, float(fps) if fps else DEFAULT_FPS
