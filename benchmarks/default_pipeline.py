@@ -134,6 +134,18 @@ def landmarker_task(arg: Optional[str]) -> Tuple[Optional[str], str]:
         return None, f"face_landmarker.task unavailable ({exc}); pass --landmarker-task PATH"
 
 
+def find_mediapipe(args, errors: Dict[str, str]) -> Optional[Tuple[str, str]]:
+    """(interpreter, face_landmarker.task) for the MediaPipe side from ``--mediapipe-python`` /
+    ``--landmarker-task`` (printed as a header line), or None with the reason in ``errors``."""
+    python, origin = mediapipe_python(args.mediapipe_python)
+    task, why = landmarker_task(args.landmarker_task) if python else (None, origin)
+    if task is None:
+        errors["mediapipe"] = why
+        return None
+    print(f"# MediaPipe interpreter: {python} ({origin}); model: {task}")
+    return python, task
+
+
 def run_side(python: str, script: str, extra: List[str], workdir: str, args) -> Tuple[Optional[dict], str]:
     """Run one worker process; return (its result, "") or (None, why it did not run)."""
     out = os.path.join(workdir, f"{Path(script).stem}.json")
@@ -200,12 +212,9 @@ def main() -> None:
         sides.append(("same_work", sys.executable, "_ig3d_side.py",
                       ig_args + ["--min-face-size", "none", "--b1-only"]))
     if args.side in ("both", "mediapipe"):
-        python, origin = mediapipe_python(args.mediapipe_python)
-        task, why = landmarker_task(args.landmarker_task) if python else (None, origin)
-        if task is None:
-            errors["mediapipe"] = why
-        else:
-            print(f"# MediaPipe interpreter: {python} ({origin}); model: {task}")
+        found = find_mediapipe(args, errors)
+        if found:
+            python, task = found
             sides.append(("mediapipe", python, "_mediapipe_side.py",
                           ["--task", task, "--fer", str(FER_ONNX), "--num-faces", str(FACES_PER_CALL)]))
     with tempfile.TemporaryDirectory(prefix="ig3d_bench_") as tmp:

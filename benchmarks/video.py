@@ -283,7 +283,7 @@ def main() -> None:
     if "--worker" in sys.argv:
         worker_main(sys.argv[1:])
         return
-    from default_pipeline import landmarker_task, mediapipe_python
+    from default_pipeline import find_mediapipe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mediapipe-python", help="interpreter with mediapipe==0.10.21, onnxruntime, opencv")
@@ -312,12 +312,9 @@ def main() -> None:
           "taking turns pass by pass (the idle worker waits); each keeps its fastest pass")
     sides = [("ig3d", sys.executable, [])]
     errors: Dict[str, str] = {}
-    python, origin = mediapipe_python(args.mediapipe_python)
-    task, why = landmarker_task(args.landmarker_task) if python else (None, origin)
-    if task is None:
-        errors["mediapipe"] = why
-    else:
-        print(f"# MediaPipe interpreter: {python} ({origin}); model: {task}")
+    found = find_mediapipe(args, errors)
+    if found:
+        python, task = found
         sides.append(("mediapipe", python, ["--task", task, "--fer", str(FER_ONNX)]))
     results: Dict[str, Optional[dict]] = {"ig3d": None, "mediapipe": None}
     with tempfile.TemporaryDirectory(prefix="ig3d_video_bench_") as tmp:

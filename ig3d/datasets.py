@@ -87,7 +87,7 @@ import os
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -365,8 +365,11 @@ def _read_header(path: Path) -> List[str]:
     return [c.strip().lower() for c in row]
 
 
-def _csv_rows(path: Path):
-    """(line, row) for every data row of a CSV file after the header; blank lines skipped."""
+def _csv_rows(path: Path, header: Sequence[str], errors: List[RowError],
+              row_path: Callable[[int], str] = lambda line: ""):
+    """(line, row) for every data row of a CSV file after the header; blank lines skipped, and a
+    row without one field per header column reported in ``errors`` (its path: ``row_path(line)``)
+    and skipped."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         next(reader, None)
@@ -374,6 +377,10 @@ def _csv_rows(path: Path):
         for row in reader:
             start, line = line + 1, reader.line_num  # a quoted field may span lines: report the first
             if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                errors.append(RowError(str(path), start, row_path(start),
+                                       f"expected {len(header)} fields ({','.join(header)}), got {len(row)}"))
                 continue
             yield start, row
 
@@ -481,13 +488,10 @@ def _read_csv(path: Path, cls: _Classes) -> Tuple[List[Sample], List[RowError]]:
     base = path.parent
     samples: List[Sample] = []
     errors: List[RowError] = []
-    for line, row in _csv_rows(path):
+    for line, row in _csv_rows(path, header, errors):
         def bad(reason: str, p: str = "") -> None:
             errors.append(RowError(str(path), line, p, reason))
 
-        if len(row) != len(header):
-            bad(f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-            continue
         rel = row[col["path"]].strip()
         if not rel:
             bad("empty path")
@@ -572,13 +576,10 @@ def _read_affectnet_csv(path: Path, cls: _Classes, images: Optional[Path]) -> Tu
         by_stem[os.path.splitext(os.path.basename(f))[0]].append(f)
     samples: List[Sample] = []
     errors: List[RowError] = []
-    for line, row in _csv_rows(path):
+    for line, row in _csv_rows(path, header, errors):
         def bad(reason: str, p: str = "") -> None:
             errors.append(RowError(str(path), line, p, reason))
 
-        if len(row) != len(header):
-            bad(f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-            continue
         number = row[col["number"]].strip()
         expected = str(images / f"{number}.jpg")
         if not number:
@@ -743,15 +744,12 @@ def _read_fer2013(path: Path, cls: _Classes) -> Tuple[List[Sample], List[RowErro
     errors: List[RowError] = []
     pixels = np.empty((1024, _FER_SIZE, _FER_SIZE), np.uint8)
     rows: Dict[int, int] = {}
-    for line, row in _csv_rows(path):
+    for line, row in _csv_rows(path, header, errors, lambda line: f"{path}#row={line}"):
         ident = f"{path}#row={line}"
 
         def bad(reason: str) -> None:
             errors.append(RowError(str(path), line, ident, reason))
 
-        if len(row) != len(header):
-            bad(f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-            continue
         text = row[col["emotion"]].strip()
         if not text.isdigit() or not 0 <= int(text) < len(FER2013_LABELS):
             bad(f"emotion {text!r} outside 0..{len(FER2013_LABELS) - 1}")

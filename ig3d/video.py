@@ -120,15 +120,19 @@ class FrameSource:
         self.close()
 
 
-def _check_timestamp(name: str, index: int, t: Any, last: Optional[float]) -> float:
+def check_timestamp(name: str, index: int, t: Any, last: Optional[float], hint: str = "") -> float:
+    """``t`` as float seconds, or a ``ValueError`` naming the frame (``"NAME: frame INDEX: ..."``;
+    no ``NAME: `` when ``name`` is empty) when it is not a finite number greater than ``last``
+    (``hint`` is added to that last message)."""
+    where = f"{name}: frame {index}" if name else f"frame {index}"
     try:
         t = float(t)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: frame {index}: the timestamp must be a number of seconds, got {t!r}") from None
+        raise ValueError(f"{where}: the timestamp must be a number of seconds, got {t!r}") from None
     if not math.isfinite(t):
-        raise ValueError(f"{name}: frame {index}: the timestamp must be finite, got {t}")
+        raise ValueError(f"{where}: the timestamp must be finite, got {t}")
     if last is not None and t <= last:
-        raise ValueError(f"{name}: frame {index}: timestamps must increase, got {t} s after {last} s")
+        raise ValueError(f"{where}: timestamps must increase, got {t} s after {last} s{hint}")
     return t
 
 
@@ -166,7 +170,7 @@ class IterableSource(FrameSource):
                     t = next(ts_iter)
                 except StopIteration:
                     raise ValueError(f"timestamps: fewer timestamps than frames (none for frame {i})") from None
-            t = _check_timestamp(self.name, i, i * step if t is None else t, last)
+            t = check_timestamp(self.name, i, i * step if t is None else t, last)
             last = t
             try:
                 image = load_image(item, color=self._color)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -67,7 +70,6 @@ def torch_one_thread():
 def write_standin_encoder(path, size: int, outputs: dict, seed: int) -> None:
     """A tiny ONNX stand-in encoder (no torch): the image's channel means (global average pool, 3
     values) -> one random linear map per output (``outputs``: name -> width), batch dimension ``N``."""
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -100,3 +102,53 @@ def calibrate_bn(model, x) -> None:
                 m.momentum = None
         model(x)
     model.eval()
+
+
+# -- a GPU emulated in host memory (test_device_arrays.py, test_tensorrt.py) -------------------------
+def host_view(ptr, shape):
+    """``shape`` float32 values at host address ``ptr`` (a stand-in device pointer), as an array."""
+    n = int(np.prod(shape))
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(shape)
+
+
+class HostCore:
+    """A stand-in for the CUDA parts of ig3d's core (``ig3d.kernels._core_module``) that keeps
+    "device" memory on the host (one device, index 0): the Python device paths (pointer checks,
+    streams, DeviceArray, engines' bindings, copies) run end to end on a machine without a GPU,
+    with the CPU kernels doing the arithmetic. ``calls`` records stream waits and copies."""
+
+    def __init__(self, real):
+        self.real, self.calls, self.buffers = real, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cuda_compiled(self):
+        return True
+
+    def cuda_device_count(self):
+        return 1, ""
+
+    def cuda_require_device(self, device):
+        assert device == 0
+
+    def cuda_pointer_device(self, ptr):
+        return 0
+
+    def cuda_stream_wait(self, device, waiter, waitee):
+        self.calls.append(("wait", waiter, waitee))
+
+    def DeviceBuffer(self, nbytes, device, stream):  # noqa: N802 - the core's class name
+        mem = np.zeros(max(int(nbytes), 1), np.uint8)
+        buf = types.SimpleNamespace(ptr=int(mem.ctypes.data), nbytes=int(nbytes), device=device, stream=stream,
+                                    mem=mem)
+        self.buffers.append(buf)
+        return buf
+
+    def copy_to_device(self, dst, src, device, stream):
+        self.calls.append(("h2d", src.nbytes, stream))
+        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
+
+    def copy_to_host(self, src, out, device, stream):
+        self.calls.append(("d2h", out.nbytes, stream))
+        ctypes.memmove(out.ctypes.data, src, out.nbytes)

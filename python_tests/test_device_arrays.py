@@ -10,7 +10,6 @@ and the GPU crops against the CPU crops byte for byte.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import weakref
 
@@ -22,6 +21,7 @@ from ig3d import FusedHead, FusedOutput, Layer
 from ig3d import device as dm
 from ig3d.faces.landmarks import _warp_crops_numpy, warp_crops
 
+from conftest import HostCore, host_view
 from fused_head_cases import fused_head_cases
 
 CORE = ig3d.kernels.core()
@@ -262,37 +262,8 @@ def test_cpu_path_unchanged_for_numpy_and_float64():
     assert isinstance(a.probs, np.ndarray)
 
 
-class HostAsDevice:
-    """A stand-in for the CUDA parts of ig3d._core that keeps "device" memory on the host: the
-    Python device path (reading, checks, offsets, DeviceArray, to_numpy) runs end to end on a
-    machine without a GPU, with the CPU kernel doing the arithmetic."""
-
-    def __init__(self, real):
-        self.real, self.calls = real, []
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    def cuda_require_device(self, device):
-        assert device == 0
-
-    def cuda_pointer_device(self, ptr):
-        return 0
-
-    def cuda_stream_wait(self, device, waiter, waitee):
-        self.calls.append(("wait", waiter, waitee))
-
-    def copy_to_host(self, src, out, device, stream):
-        ctypes.memmove(out.ctypes.data, src, out.nbytes)
-
-
-def host_view(ptr, shape):
-    n = int(np.prod(shape))
-    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(shape)
-
-
 def test_device_path_end_to_end_with_an_emulated_gpu(monkeypatch):
-    fake = HostAsDevice(CORE)
+    fake = HostCore(CORE)
     monkeypatch.setattr(ig3d.kernels, "_core_module", fake)
     case = next(c for c in CASES if c.id == "mid-relu-weighted-B7")
     head, p, s, f = case.build()

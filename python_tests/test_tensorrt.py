@@ -23,7 +23,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import write_standin_encoder
+from conftest import HostCore, host_view, write_standin_encoder
 
 import ig3d
 from ig3d import engines
@@ -192,16 +192,16 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
         def execute_async_v3(self, stream):
             spec = self.engine.spec
             if "onnx_path" in spec:
-                feed = {k: _host_view(self.addresses[k], v).copy() for k, v in self.shapes.items()}
+                feed = {k: host_view(self.addresses[k], v).copy() for k, v in self.shapes.items()}
                 for k, y in self._ort_run(feed).items():
-                    _host_view(self.addresses[k], y.shape)[...] = y
+                    host_view(self.addresses[k], y.shape)[...] = y
                 trt.launches.append((next(iter(self.shapes.values()))[0], stream))
                 return True
             (inp,) = spec["inputs"]
             shape = self.shapes[inp["name"]]
-            x = _host_view(self.addresses[inp["name"]], shape)
+            x = host_view(self.addresses[inp["name"]], shape)
             for o in spec["outputs"]:
-                y = _host_view(self.addresses[o["name"]], self.get_tensor_shape(o["name"]))
+                y = host_view(self.addresses[o["name"]], self.get_tensor_shape(o["name"]))
                 y[...] = x * o["scale"] + o["offset"]
             trt.launches.append((shape[0], stream))
             return True
@@ -254,51 +254,6 @@ def make_fake_trt(version="10.9.0", fp16_flag=True):
 
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, Parser, Runtime
     return trt
-
-
-def _host_view(ptr, shape):
-    n = int(np.prod(shape))
-    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(ptr))[:n].reshape(shape)
-
-
-class HostCore:
-    """The CUDA parts of ig3d's core with "device" memory on the host (one device, index 0)."""
-
-    def __init__(self, real):
-        self.real, self.calls, self.buffers = real, [], []
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    def cuda_compiled(self):
-        return True
-
-    def cuda_device_count(self):
-        return 1, ""
-
-    def cuda_require_device(self, device):
-        assert device == 0
-
-    def cuda_pointer_device(self, ptr):
-        return 0
-
-    def cuda_stream_wait(self, device, waiter, waitee):
-        self.calls.append(("wait", waiter, waitee))
-
-    def DeviceBuffer(self, nbytes, device, stream):  # noqa: N802 - the core's class name
-        mem = np.zeros(max(int(nbytes), 1), np.uint8)
-        buf = types.SimpleNamespace(ptr=int(mem.ctypes.data), nbytes=int(nbytes), device=device, stream=stream,
-                                    mem=mem)
-        self.buffers.append(buf)
-        return buf
-
-    def copy_to_device(self, dst, src, device, stream):
-        self.calls.append(("h2d", src.nbytes, stream))
-        ctypes.memmove(dst, src.ctypes.data, src.nbytes)
-
-    def copy_to_host(self, src, out, device, stream):
-        self.calls.append(("d2h", out.nbytes, stream))
-        ctypes.memmove(out.ctypes.data, src, out.nbytes)
 
 
 GPU = {"name": "NVIDIA Fake GPU", "cc": "8.7"}
@@ -687,9 +642,9 @@ class HeadOnHost:
     def forward_device(self, params3d, scores2d, features2d, batch, device, stream):
         h, core = self.head, ig3d.kernels.core()
         core.calls.append(("head", batch, stream))
-        p = _host_view(params3d, (batch, h.input_dim)).copy()
-        s = _host_view(scores2d, (batch, h.scores2d_dim)).copy() if scores2d else None
-        f = _host_view(features2d, (batch, h.features2d_dim)).copy() if features2d else None
+        p = host_view(params3d, (batch, h.input_dim)).copy()
+        s = host_view(scores2d, (batch, h.scores2d_dim)).copy() if scores2d else None
+        f = host_view(features2d, (batch, h.features2d_dim)).copy() if features2d else None
         probs, logits, va, out3d = self.real.forward(p, s, f, "cpu", 0)
         parts = [probs, logits, va, out3d]
         offsets = np.cumsum([0] + [0 if a is None else a.nbytes for a in parts])[:-1]

@@ -51,7 +51,7 @@ from ..faces.mediapipe_constants import LANDMARK_MIN_PRESENCE
 from ..io import load_image
 from ..results import FaceResult
 from ..smoothing import FaceSmoother, Smoothing, resolve_smoothing
-from ..video import DEFAULT_FPS, FrameSource
+from ..video import DEFAULT_FPS, FrameSource, check_timestamp
 
 __all__ = ["FrameResult", "Tracker", "Stream", "draw_frame", "MAX_FACES", "DETECT_EVERY"]
 
@@ -217,16 +217,8 @@ class Tracker:
             image = load_image(frame, color=self.color)
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"frame {self._frames}: {e}") from None
-        t = self._frames / self.fps if timestamp is None else timestamp
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise ValueError(f"frame {self._frames}: the timestamp must be a number of seconds, got {t!r}") from None
-        if not math.isfinite(t):
-            raise ValueError(f"frame {self._frames}: the timestamp must be finite, got {t}")
-        if self._last_t is not None and t <= self._last_t:
-            raise ValueError(f"frame {self._frames}: timestamps must increase, got {t} s after {self._last_t} s "
-                             "(call reset() to start a new sequence)")
+        t = check_timestamp("", self._frames, self._frames / self.fps if timestamp is None else timestamp,
+                            self._last_t, " (call reset() to start a new sequence)")
         images = [image]
         tracks = self._tracks
         prev_boxes = _boxes(np.stack([tr.raw for tr in tracks])) if tracks else np.zeros((0, 4))
