@@ -101,8 +101,9 @@ class Ig3dSide:
         import ig3d
 
         self.predictors = {b: ig3d.Predictor(backend=b) for b in ("auto", "onnxruntime")}
-        self.versions = {"ig3d": ig3d.__version__, "landmark model on (auto)":
-                         self.predictors["auto"].backends["face_landmarks.onnx"]}
+        auto = self.predictors["auto"]
+        self.versions = {"ig3d": ig3d.__version__, "tracked face's landmark model on (auto)":
+                         auto.tracking_backends.get("face_landmarks.onnx", auto.backend)}
 
     def run_pass(self, setting: str, frames, ts, smoothing="default") -> Tuple[List[float], list]:
         """Per-frame seconds of the stream's ``next()`` (tracking and every network of that frame),

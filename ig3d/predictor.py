@@ -115,8 +115,6 @@ class Predictor:
             self._pipeline = ig3d_pipelines.Ig3DPipeline(preset, weights=w, **common)
         #: network -> the precision it runs in ("fp32" or "bf16")
         self._precisions: Dict[str, str] = dict(self._execution.precisions)
-        #: network -> the backend it runs on
-        self._backends: Dict[str, str] = dict(self._execution.backends)
         #: network -> the backend of a lone tracked face's run, where it differs
         self._tracking_backends: Dict[str, str] = dict(self._execution.tracking_backends)
         self._preset = preset
@@ -141,14 +139,9 @@ class Predictor:
         return self._backend
 
     @property
-    def backends(self) -> Dict[str, str]:
-        """Network -> the backend it runs on (read-only copy)."""
-        return dict(self._backends)
-
-    @property
     def tracking_backends(self) -> Dict[str, str]:
         """Network -> the backend of its run for a lone tracked face in a video stream, where that
-        is not :attr:`backends`' (read-only copy): with ``backend="auto"`` on the CPU and OpenVINO
+        is not :attr:`backend` (read-only copy): with ``backend="auto"`` on the CPU and OpenVINO
         installed, ``{"face_landmarks.onnx": "openvino"}``, where it runs faster
         (:data:`ig3d.engines.AUTO_TRACKING_BACKENDS`); empty otherwise."""
         return dict(self._tracking_backends)

@@ -320,7 +320,10 @@ def test_landmark_model_gets_every_prelu_back():
 
 def test_auto_tracks_a_lone_face_with_the_landmark_model_on_openvino(monkeypatch, faces):
     p = ig3d.Predictor()  # backend="auto"
-    assert p.backend == "onnxruntime" and set(p.backends.values()) == {"onnxruntime"}
+    assert p.backend == "onnxruntime"
+    pipe = p._pipeline
+    assert {m.backend for m in (pipe.landmarker.all_cores, pipe.landmarker.one_core, pipe.blendshaper,
+                                pipe.det_full, pipe.fer)} == {"onnxruntime"}
     assert p.tracking_backends == {"face_landmarks.onnx": "openvino"}
     assert "tracking_backends={'face_landmarks.onnx': 'openvino'}" in repr(p)
     stage = p._pipeline.landmarks

@@ -52,8 +52,6 @@ class Execution:
         self.threads_per_run: Optional[int] = int(threads_per_run or threads or 0) or (self.workers.n if cpu else None)
         #: network -> the precision it runs in, for every network loaded through this execution
         self.precisions: Dict[str, str] = {}
-        #: network -> the backend it runs on, for every network loaded through this execution
-        self.backends: Dict[str, str] = {}
         #: network -> the backend of its lone tracked-face runs, where that differs from ``backend``
         self.tracking_backends: Dict[str, str] = dict(tracking_backends or {})
 
@@ -72,15 +70,11 @@ class Execution:
         self.precisions[name] = network_precision(self.precision, name, gated)
         return self.precisions[name]
 
-    def _backend(self, name: str) -> str:
-        self.backends[name] = self.backend
-        return self.backend
-
     def model(self, source, name: str, gated: FrozenSet[str] = frozenset()) -> Model:
         """A network whose runs go through the workers: single-threaded sessions when they are
         spread over the cores, one session with ``threads_per_run`` threads otherwise."""
         precision = self._precision(name, gated)
-        return load(source, backend=self._backend(name), device=self.device, name=name,
+        return load(source, backend=self.backend, device=self.device, name=name,
                     threads=1 if self.workers.parallel else self.threads_per_run,
                     parallel_runs=self.workers.n, precision=precision)
 
@@ -88,7 +82,7 @@ class Execution:
         """A session with ``threads_per_run`` threads for a run that has the cores to itself for
         most of its time (the small-face scan); with one worker, the same as :meth:`model`."""
         precision = self._precision(name, gated)
-        return load(source, backend=self._backend(name), device=self.device, name=name,
+        return load(source, backend=self.backend, device=self.device, name=name,
                     threads=self.threads_per_run, parallel_runs=1, precision=precision)
 
     def per_core(self, source, name: str, gated: FrozenSet[str] = frozenset(), *,
@@ -96,7 +90,7 @@ class Execution:
         """A network with an all-cores session for a lone run and a single-threaded one for runs
         spread over the workers (:class:`ig3d.engines.PerCoreModel`)."""
         precision = self._precision(name, gated)
-        return PerCoreModel(source, workers=self.workers, backend=self._backend(name), device=self.device,
+        return PerCoreModel(source, workers=self.workers, backend=self.backend, device=self.device,
                             threads=self.threads_per_run if threads is None else threads, name=name, spin=spin,
                             precision=precision)
 

@@ -431,8 +431,8 @@ class Landmarks:
 
     def tracking_model(self):
         """The lone tracked face's session on :attr:`tracking_backend` (None without one)."""
-        if self.tracking_backend is None:
-            return None
+        if self._tracking_model is not None or self.tracking_backend is None:
+            return self._tracking_model  # every tracked frame asks: no lock once it exists
         with self._tracking_lock:
             if self._tracking_model is None:
                 name = "face_landmarks.onnx"

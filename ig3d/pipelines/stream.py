@@ -166,9 +166,7 @@ class Tracker:
         self.pipeline = pipeline
         # a lone tracked face's landmark session on its own runtime (backend="auto" with OpenVINO):
         # made now, not in the first frame's time
-        landmarks = getattr(pipeline, "landmarks", None)
-        if hasattr(landmarks, "tracking_model"):
-            landmarks.tracking_model()
+        pipeline.landmarks.tracking_model()
         self.max_faces, self.detect_every = int(max_faces), int(detect_every)
         self.smoothing: Optional[Smoothing] = resolve_smoothing(smoothing)
         self.color, self.fps = color, float(fps) if fps else DEFAULT_FPS
